@@ -1,0 +1,75 @@
+"""The ``vlp`` command line: train, export, tokenizer."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from vlp.config import ConfigError
+
+
+def _train(args: argparse.Namespace) -> None:
+    from vlp.config import load_config
+    from vlp.train.loop import train
+
+    checkpoint = train(load_config(args.config, args.overrides), resume=args.resume)
+    print(f"checkpoint: {checkpoint}")
+
+
+def _export(args: argparse.Namespace) -> None:
+    from vlp.export.open_clip import export_open_clip
+
+    print(f"exported: {export_open_clip(args.run, args.output)}")
+
+
+def _tokenizer_train(args: argparse.Namespace) -> None:
+    from vlp.data import load_captioned
+    from vlp.models.tokenizers import train_sentencepiece
+
+    captions = load_captioned(args.data, "train").captions
+    out = train_sentencepiece(captions, args.vocab_size, args.output)
+    print(f"tokenizer: {out} (trained on {len(captions)} captions)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vlp", description="Vision-language contrastive pretraining")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="train a dual encoder (also under `accelerate launch`)")
+    train.add_argument("--config", required=True, help="YAML file, e.g. configs/demo.yaml")
+    train.add_argument("--resume", default="none", help="'auto' (newest checkpoint of run_dir), 'none', or a path")
+    train.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.steps=100 data.batch_size=64")
+    train.set_defaults(func=_train)
+
+    export = commands.add_parser("export", help="export a run or checkpoint to another library's format")
+    export.add_argument("run", help="run directory or checkpoint directory")
+    export.add_argument("--format", required=True, choices=["open_clip"])
+    export.add_argument("--output", required=True, help="directory to write")
+    export.set_defaults(func=_export)
+
+    tokenizer = commands.add_parser("tokenizer", help="tokenizer tools")
+    tokenizer_commands = tokenizer.add_subparsers(dest="tokenizer_command", required=True)
+    tok_train = tokenizer_commands.add_parser("train", help="train a SentencePiece tokenizer on captions")
+    tok_train.add_argument("--data", default="default", help="caption source (default: the embedded set)")
+    tok_train.add_argument("--vocab-size", type=int, default=1024)
+    tok_train.add_argument("--output", required=True, help="HF tokenizer directory to write")
+    tok_train.set_defaults(func=_tokenizer_train)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (ConfigError, FloatingPointError, FileNotFoundError) as err:
+        print(f"vlp {args.command}: error: {err}", file=sys.stderr)
+        return 2 if isinstance(err, ConfigError) else 1
+    except KeyboardInterrupt:
+        print(f"vlp {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    sys.exit(main())

@@ -1,0 +1,194 @@
+"""Typed run configuration: YAML files in ``configs/`` resolved into dataclasses, with ``a.b=value`` overrides.
+
+Unknown keys are rejected with the list of valid ones, so a typo never silently falls back to a default.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config file, key or value that cannot be used; the message names it."""
+
+
+@dataclass
+class ImageTowerConfig:
+    type: str = "timm"  # a key of vlp.models.IMAGE_TOWERS
+    name: str = "vit_base_patch16_224"  # timm model name (type=timm)
+    image_size: int = 224
+    pretrained: str | None = None  # local checkpoint file (timm) or OpenCLIP weights file
+    pool: str = "avg"  # timm global pool ('avg', 'token', ...); '' keeps the model's own
+    proj_bias: bool = False
+    patch_dropout: float = 0.0  # FLIP: fraction of patches dropped while training (ViT towers)
+    kwargs: dict = field(default_factory=dict)  # extra timm.create_model / OpenCLIP vision_cfg arguments
+    mean: list[float] | None = None  # preprocessing; None takes the tower's own
+    std: list[float] | None = None
+    interpolation: str | None = None
+
+
+@dataclass
+class TextTowerConfig:
+    type: str = "clip"  # a key of vlp.models.TEXT_TOWERS
+    path: str | None = None  # HF model directory (type=hf)
+    pretrained: bool = True  # type=hf: load the directory's weights, or only its architecture
+    width: int = 512
+    heads: int = 8
+    layers: int = 12
+    mlp_ratio: float = 4.0
+    pooler: str = "mean"  # type=hf: 'mean' or 'cls'
+    proj: str = "linear"  # type=hf: 'linear' or 'mlp'
+
+
+@dataclass
+class TokenizerConfig:
+    type: str = "clip_bpe"  # a key of vlp.models.tokenizers.TOKENIZERS
+    path: str | None = None  # HF tokenizer directory (type=hf, or a trained sentencepiece tokenizer)
+    vocab_size: int = 1024  # type=sentencepiece when trained at run start
+    context_length: int = 77
+
+
+@dataclass
+class ModelConfig:
+    embed_dim: int = 512
+    image: ImageTowerConfig = field(default_factory=ImageTowerConfig)
+    text: TextTowerConfig = field(default_factory=TextTowerConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    init_logit_scale: float = 2.6592  # log(1/0.07), CLIP
+    init_logit_bias: float | None = None  # set (e.g. -10) to learn a bias, as the sigmoid loss needs
+    lock_image: bool = False  # LiT: freeze the image tower
+    lock_image_unlocked_groups: int = 0
+    lock_text: bool = False
+    lock_text_unlocked_layers: int = 0
+    grad_checkpointing: bool = False
+
+
+@dataclass
+class LossConfig:
+    type: str = "clip"  # a key of vlp.losses.LOSSES
+    weight: float = 1.0
+
+
+@dataclass
+class DataConfig:
+    train: str = "default"  # 'default' is the embedded Fashion-MNIST set
+    val: str | None = "default"
+    batch_size: int = 256  # per device, per micro-batch
+    num_workers: int = 0
+    augment: bool = True
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1000
+    lr: float = 5e-4
+    min_lr: float = 0.0
+    warmup_steps: int = 100
+    weight_decay: float = 0.2
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
+    eps: float = 1e-6
+    grad_clip: float | None = 1.0
+    accum_steps: int = 1  # contrastive gradient caching: effective batch = accum_steps x batch_size x processes
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16
+    compile: bool = False
+    seed: int = 0
+    log_every: int = 10
+    eval_every: int = 0  # 0: only at the end
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2
+    trackers: list[str] = field(default_factory=lambda: ["tensorboard"])
+
+
+@dataclass
+class Config:
+    run_dir: str = "runs/default"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    heads: dict = field(default_factory=dict)  # name -> section; see vlp.heads.HEADS
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def _check_type(value: Any, annotation: Any, where: str) -> Any:
+    hint = annotation
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        hint = next(a for a in args if a is not type(None))
+        origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    expected = origin or hint
+    if expected is Any or isinstance(value, expected) and not (expected is int and isinstance(value, bool)):
+        return value
+    raise ConfigError(f"config key '{where}' expects {getattr(hint, '__name__', hint)}, got {value!r}")
+
+
+def from_dict(cls: type, data: dict, prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from a nested dict, rejecting unknown keys."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"config section '{prefix.rstrip('.') or '<root>'}' must be a mapping, got {data!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, value in data.items():
+        if key not in fields:
+            close = difflib.get_close_matches(key, fields, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ConfigError(f"unknown config key '{prefix}{key}'{hint}; valid keys: {', '.join(fields)}")
+        hint_type = hints[key]
+        if dataclasses.is_dataclass(hint_type):
+            kwargs[key] = from_dict(hint_type, value or {}, f"{prefix}{key}.")
+        else:
+            kwargs[key] = _check_type(value, hint_type, f"{prefix}{key}")
+    return cls(**kwargs)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' must look like key=value, e.g. train.steps=100")
+    key, raw = text.split("=", 1)
+    return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else None
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    for text in overrides:
+        path, value = parse_override(text)
+        node = data
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override '{text}': '{part}' is not a section")
+        node[path[-1]] = value
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
+    data: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"config file {path} is not valid YAML: {str(err).splitlines()[0]}") from None
+    return from_dict(Config, apply_overrides(data, list(overrides)))
+
+
+def to_dict(config: Any) -> dict:
+    return dataclasses.asdict(config)
+
+
+def save_config(config: Config, path: str | Path) -> None:
+    from vlp.utils import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(to_dict(config), sort_keys=False))

@@ -1,0 +1,65 @@
+"""The training objective: the dual encoder, its image-text loss and any heads, summed into one loss.
+
+``Objective.forward(batch)`` returns ``{"loss": total, **terms}``; every term is already weighted, so the
+total is their sum. It has no side effects: backward and stepping belong to the loop.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+FEATURE_KEYS = ("image_features", "text_features")
+
+
+@dataclass
+class FeatureCache:
+    """Detached features of all micro-batches of one contrastive gradient-caching step (GradCache).
+
+    ``splice`` puts the live (grad-carrying) features of micro-batch ``index`` in their place, so the loss sees
+    the whole effective batch as negatives. The logit scale and bias carry gradient in the last pass only, so
+    their gradient is counted once.
+    """
+
+    features: dict[str, torch.Tensor]
+    index: int
+    size: int
+    count: int
+
+    def splice(self, outputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        spliced = dict(outputs)
+        lo, hi = self.index * self.size, (self.index + 1) * self.size
+        for key in FEATURE_KEYS:
+            cached = self.features[key]
+            spliced[key] = torch.cat([cached[:lo], outputs[key], cached[hi:]])
+        if self.index != self.count - 1:
+            for key in ("logit_scale", "logit_bias"):
+                if key in spliced:
+                    spliced[key] = spliced[key].detach()
+        return spliced
+
+
+class Objective(nn.Module):
+    def __init__(self, model: nn.Module, loss: nn.Module, loss_weight: float = 1.0,
+                 heads: nn.ModuleDict | None = None, head_weights: dict[str, float] | None = None):
+        super().__init__()
+        self.model, self.loss, self.loss_weight = model, loss, loss_weight
+        self.heads = heads if heads is not None else nn.ModuleDict()
+        self.head_weights = head_weights or {}
+
+    def forward(self, batch: dict, cache: FeatureCache | None = None) -> dict[str, torch.Tensor]:
+        outputs = self.model(batch["images"], batch["tokens"])
+        pair_outputs = cache.splice(outputs) if cache is not None else outputs
+        pair_terms = {name: self.loss_weight * value for name, value in self.loss(**pair_outputs).items()}
+        head_terms = {}
+        for name, head in self.heads.items():
+            head_terms.update({term: self.head_weights[name] * value
+                               for term, value in head(batch, outputs, self.model).items()})
+        head_share = 1.0 / cache.count if cache is not None else 1.0  # a head sees one micro-batch per pass
+        loss = sum(pair_terms.values()) + head_share * sum(head_terms.values())
+        return {"loss": loss, **pair_terms, **head_terms}
+
+    def after_optimizer_step(self, step: int) -> None:
+        for head in self.heads.values():
+            head.after_optimizer_step(self.model, step)
