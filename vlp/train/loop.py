@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import ProjectConfiguration, set_seed
 from tqdm.auto import tqdm
 
 from vlp.config import Config, ConfigError, save_config, to_dict
@@ -76,7 +76,8 @@ def train(cfg: Config, resume: str = "none") -> Path:
     """Train per ``cfg``; returns the final checkpoint directory. ``resume``: 'none', 'auto' or a checkpoint."""
     run_dir = Path(cfg.run_dir)
     accelerator = Accelerator(mixed_precision=mixed_precision(cfg.train.precision),
-                              log_with=_trackers(cfg.train.trackers) or None, project_dir=str(run_dir))
+                              log_with=_trackers(cfg.train.trackers) or None,
+                              project_config=ProjectConfiguration(str(run_dir), logging_dir=str(run_dir / "logs")))
     set_seed(cfg.train.seed)
     train_data = load_captioned(cfg.data.train, "train")
     val_data = load_captioned(cfg.data.val, "val") if cfg.data.val else None
