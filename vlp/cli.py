@@ -13,7 +13,8 @@ def _train(args: argparse.Namespace) -> None:
     from vlp.train.loop import train
 
     checkpoint = train(load_config(args.config, args.overrides), resume=args.resume)
-    print(f"checkpoint: {checkpoint}")
+    if checkpoint is not None and int(os.environ.get("RANK", "0")) == 0:
+        print(f"checkpoint: {checkpoint}")
 
 
 def _export(args: argparse.Namespace) -> None:
