@@ -25,7 +25,7 @@ class TermWindow:
         """Mean of each term over the window (and over processes, through ``reduce``); one host sync.
 
         Raises FloatingPointError naming the first step and term that were not finite."""
-        names = list(self.terms[0])
+        names = sorted(self.terms[0], key=lambda name: name == "loss")  # blame a term before the total
         values = reduce(torch.stack([torch.stack([t[n].float() for n in names]) for t in self.terms])).cpu()
         bad = (~torch.isfinite(values)).nonzero()
         if len(bad):
