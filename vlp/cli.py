@@ -12,9 +12,12 @@ def _train(args: argparse.Namespace) -> None:
     from vlp.config import load_config
     from vlp.train.loop import train
 
-    checkpoint = train(load_config(args.config, args.overrides), resume=args.resume)
-    if checkpoint is not None and int(os.environ.get("RANK", "0")) == 0:
-        print(f"checkpoint: {checkpoint}")
+    from vlp.train.metrics import summary
+
+    config = load_config(args.config, args.overrides)
+    checkpoint = train(config, resume=args.resume)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(summary(config.run_dir, checkpoint))
 
 
 def _export(args: argparse.Namespace) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -15,7 +16,7 @@ from accelerate.utils import ProjectConfiguration, set_seed
 from tqdm.auto import tqdm
 
 from vlp.config import Config, ConfigError, save_config, to_dict
-from vlp.data import load_captioned
+from vlp.data import CaptionedImages, load_captioned
 from vlp.data.stream import ImageTextDataset, SampleStream, stream_loader
 from vlp.data.transforms import image_transform
 from vlp.eval import evaluate
@@ -72,8 +73,23 @@ def _flat(config: dict, prefix: str = "") -> dict:
     return out
 
 
-def train(cfg: Config, resume: str = "none") -> Path:
-    """Train per ``cfg``; returns the final checkpoint directory. ``resume``: 'none', 'auto' or a checkpoint."""
+@dataclass
+class Session:
+    """Everything one training run holds, built from its config."""
+
+    cfg: Config
+    run_dir: Path
+    accelerator: Accelerator
+    model: torch.nn.Module  # the dual encoder, unwrapped
+    tokenizer: object
+    objective: torch.nn.Module  # prepared by Accelerate
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    train_data: CaptionedImages
+    val_data: CaptionedImages | None
+
+
+def build_session(cfg: Config) -> Session:
     run_dir = Path(cfg.run_dir)
     accelerator = Accelerator(mixed_precision=mixed_precision(cfg.train.precision),
                               log_with=_trackers(cfg.train.trackers) or None,
@@ -89,83 +105,122 @@ def train(cfg: Config, resume: str = "none") -> Path:
         model.visual.compile()
         model.text.compile()
     optimizer = build_optimizer(objective, cfg.train, accelerator.device)
-    scheduler = cosine_schedule(optimizer, cfg.train)
+    scheduler = cosine_schedule(optimizer, cfg.train)  # stepped by us once per step, so not prepared
     objective, optimizer = accelerator.prepare(objective, optimizer)
+    return Session(cfg, run_dir, accelerator, model, tokenizer, objective, optimizer, scheduler, train_data,
+                   val_data)
 
-    checkpoint = latest_checkpoint(run_dir) if resume == "auto" else None if resume == "none" else Path(resume)
-    if checkpoint is not None and not checkpoint.is_dir():
+
+def restore(session: Session, resume: str) -> dict:
+    """Load the checkpoint ``resume`` names ('none', 'auto' or a path); returns the step and stream position."""
+    if resume == "none":
+        return {"step": 0, "stream_position": 0}
+    checkpoint = latest_checkpoint(session.run_dir) if resume == "auto" else Path(resume)
+    if checkpoint is None:
+        return {"step": 0, "stream_position": 0}
+    if not checkpoint.is_dir():
         raise ConfigError(f"checkpoint to resume from not found: {checkpoint}")
-    state = (load_checkpoint(checkpoint, accelerator, objective, optimizer, scheduler) if checkpoint
-             else {"step": 0, "stream_position": 0})
-    if accelerator.is_main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run_dir / "config.yaml")
-    accelerator.init_trackers("vlp", config=_flat(to_dict(cfg)))
+    return load_checkpoint(checkpoint, session.accelerator, session.objective, session.optimizer,
+                           session.scheduler)
 
-    stream = SampleStream(len(train_data), cfg.data.batch_size, cfg.train.seed, accelerator.process_index,
-                          accelerator.num_processes, start=state["stream_position"])
-    dataset = ImageTextDataset(train_data.pil, train_data.captions,
-                               image_transform(model.visual, train=cfg.data.augment))
-    batches = iter(stream_loader(dataset, stream, tokenizer, cfg.data.num_workers))
-    log = MetricsLog(run_dir / "metrics.jsonl", state["step"]) if accelerator.is_main_process else None
-    window, position = TermWindow(), state["stream_position"]
-    global_batch = cfg.data.batch_size * accelerator.num_processes * cfg.train.accum_steps
-    progress = tqdm(range(state["step"] + 1, cfg.train.steps + 1), initial=state["step"], total=cfg.train.steps,
-                    disable=not accelerator.is_local_main_process, desc="train", unit="step")
-    started, last_logged = time.perf_counter(), state["step"]
 
-    def run_eval(step: int) -> None:
-        if val_data is not None and accelerator.is_main_process:
-            metrics = evaluate(accelerator.unwrap_model(objective).model, tokenizer, val_data,
-                               image_transform(model.visual), accelerator.device)
+class Reporter:
+    """Progress bar, ``metrics.jsonl``, trackers and held-out evaluation, on the main process."""
+
+    def __init__(self, session: Session, start_step: int):
+        self.session, self.accelerator = session, session.accelerator
+        main = self.accelerator.is_main_process
+        self.log = MetricsLog(session.run_dir / "metrics.jsonl", start_step) if main else None
+        self.progress = tqdm(total=session.cfg.train.steps, initial=start_step, desc="train", unit="step",
+                             disable=not self.accelerator.is_local_main_process)
+        self.window, self.last_step, self.clock = TermWindow(), start_step, time.perf_counter()
+
+    def record(self, step: int, terms: dict) -> None:
+        self.window.add(step, terms)
+        self.progress.update(1)
+
+    def flush(self, step: int, position: int) -> None:
+        """Log the mean terms since the last flush; raises FloatingPointError on a non-finite one."""
+        cfg = self.session.cfg
+        values = self.window.flush(lambda t: self.accelerator.reduce(t, "mean"))
+        now, per_step = time.perf_counter(), cfg.data.batch_size * self.accelerator.num_processes
+        record = {"step": step, "epoch": round(position * per_step / len(self.session.train_data), 4),
+                  "samples": position * per_step, "lr": self.session.scheduler.get_last_lr()[0],
+                  "samples_per_s": round((step - self.last_step) * per_step * cfg.train.accum_steps
+                                         / (now - self.clock), 1), **values}
+        self.last_step, self.clock = step, now
+        self.progress.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{record['lr']:.2e}",
+                                  samples_s=record["samples_per_s"])
+        self._write(record)
+
+    def evaluate(self, step: int) -> None:
+        session = self.session
+        if session.val_data is not None and self.accelerator.is_main_process:
+            metrics = evaluate(session.model, session.tokenizer, session.val_data,
+                               image_transform(session.model.visual), self.accelerator.device)
             record = {"step": step, **{f"eval/{k}": v for k, v in metrics.items()}}
-            log.write(record)
-            accelerator.log(record, step=step)
-            progress.write(" ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}"
-                                    for k, v in record.items()))
-        accelerator.wait_for_everyone()
+            self._write(record)
+            self.progress.write(f"step {step}: " + " ".join(f"{k}={v:.3f}" for k, v in metrics.items()))
+        self.accelerator.wait_for_everyone()
 
-    def checkpoint_now(step: int) -> None:
-        save_checkpoint(run_dir, step, accelerator, objective, optimizer, scheduler, position, cfg,
-                        cfg.model.tokenizer.path if cfg.model.tokenizer.type == "sentencepiece" else None,
-                        cfg.train.keep_checkpoints)
+    def _write(self, record: dict) -> None:
+        self.accelerator.log(record, step=record["step"])
+        if self.log:
+            self.log.write(record)
 
-    for step in progress:
+    def close(self) -> None:
+        self.progress.close()
+        if self.accelerator.is_main_process:
+            plot_loss_curve(self.session.run_dir / "metrics.jsonl", self.session.run_dir / "loss_curve.png")
+
+
+def train(cfg: Config, resume: str = "none") -> Path:
+    """Train per ``cfg``; returns the final checkpoint directory. ``resume``: 'none', 'auto' or a checkpoint."""
+    session = build_session(cfg)
+    cfg, accelerator, objective, optimizer = session.cfg, session.accelerator, session.objective, session.optimizer
+    state = restore(session, resume)
+    if accelerator.is_main_process:
+        session.run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, session.run_dir / "config.yaml")
+    accelerator.init_trackers("vlp", config=_flat(to_dict(cfg)))
+    position = state["stream_position"]
+    stream = SampleStream(len(session.train_data), cfg.data.batch_size, cfg.train.seed, accelerator.process_index,
+                          accelerator.num_processes, start=position)
+    dataset = ImageTextDataset(session.train_data.pil, session.train_data.captions,
+                               image_transform(session.model.visual, train=cfg.data.augment))
+    batches = iter(stream_loader(dataset, stream, session.tokenizer, cfg.data.num_workers))
+    reporter = Reporter(session, state["step"])
+
+    for step in range(state["step"] + 1, cfg.train.steps + 1):
         micro_batches = [_to_device(next(batches), accelerator.device) for _ in range(cfg.train.accum_steps)]
         position += cfg.train.accum_steps
         terms = accumulate_gradients(objective, micro_batches, accelerator)
         if cfg.train.grad_clip:
             accelerator.clip_grad_norm_(objective.parameters(), cfg.train.grad_clip)
         optimizer.step()
-        scheduler.step()
+        session.scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         accelerator.unwrap_model(objective).after_optimizer_step(step)
-        window.add(step, terms)
+        reporter.record(step, terms)
 
-        due_eval = cfg.train.eval_every and step % cfg.train.eval_every == 0
-        due_checkpoint = step % cfg.train.checkpoint_every == 0 or step == cfg.train.steps
+        last = step == cfg.train.steps
+        due_eval = bool(cfg.train.eval_every) and step % cfg.train.eval_every == 0 and not last
+        due_checkpoint = step % cfg.train.checkpoint_every == 0 or last
         if step % cfg.train.log_every == 0 or due_eval or due_checkpoint:
-            values = window.flush(lambda t: accelerator.reduce(t, "mean"))  # raises on a non-finite term
-            elapsed, started = time.perf_counter() - started, time.perf_counter()
-            record = {"step": step, "epoch": round(stream.epoch(position), 4), "samples": position * cfg.data.batch_size
-                      * accelerator.num_processes, "lr": scheduler.get_last_lr()[0],
-                      "samples_per_s": round((step - last_logged) * global_batch / elapsed, 1), **values}
-            last_logged = step
-            progress.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{record['lr']:.2e}",
-                                 samples_s=record["samples_per_s"])
-            accelerator.log(record, step=step)
-            if log:
-                log.write(record)
+            reporter.flush(step, position)  # checks the loss is finite before anything is saved
         if due_checkpoint:
-            checkpoint_now(step)
-        if due_eval and step != cfg.train.steps:
-            run_eval(step)
-    progress.close()
-    run_eval(cfg.train.steps)
-    if accelerator.is_main_process:
-        plot_loss_curve(run_dir / "metrics.jsonl", run_dir / "loss_curve.png")
+            save_checkpoint(session.run_dir, step, accelerator, objective, optimizer, session.scheduler, position,
+                            cfg, _trained_tokenizer_dir(cfg), cfg.train.keep_checkpoints)
+        if due_eval:
+            reporter.evaluate(step)
+    reporter.evaluate(cfg.train.steps)
+    reporter.close()
     accelerator.end_training()
-    return latest_checkpoint(run_dir)
+    return latest_checkpoint(session.run_dir)
+
+
+def _trained_tokenizer_dir(cfg: Config) -> str | None:
+    return cfg.model.tokenizer.path if cfg.model.tokenizer.type == "sentencepiece" else None
 
 
 def _to_device(batch: dict, device: torch.device) -> dict:

@@ -36,6 +36,10 @@ class TermWindow:
         return {name: values[:, i].mean().item() for i, name in enumerate(names)}
 
 
+def read_records(path: Path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
 class MetricsLog:
     def __init__(self, path: Path, resume_step: int = 0):
         self.path = path
@@ -48,9 +52,6 @@ class MetricsLog:
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
 
-    def records(self) -> list[dict]:
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
-
 
 def plot_loss_curve(metrics_path: Path, output: Path) -> None:
     import io
@@ -60,7 +61,7 @@ def plot_loss_curve(metrics_path: Path, output: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    records = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+    records = read_records(metrics_path)
     train = [r for r in records if "loss" in r and math.isfinite(r["loss"])]
     evals = [r for r in records if "eval/zeroshot_top1" in r or "eval/text_to_image_R@1" in r]
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -83,3 +84,20 @@ def plot_loss_curve(metrics_path: Path, output: Path) -> None:
     fig.savefig(buffer, format="png", dpi=100)
     plt.close(fig)
     atomic_write_bytes(output, buffer.getvalue())
+
+
+def summary(run_dir: Path, checkpoint: Path | None) -> str:
+    """What a person wants after a run: the last held-out figures and where the artifacts are."""
+    evals = [r for r in read_records(Path(run_dir) / "metrics.jsonl") if any(k.startswith("eval/") for k in r)]
+    lines = []
+    if evals:
+        last = evals[-1]
+        lines.append(f"held-out evaluation at step {last['step']}:")
+        if "eval/zeroshot_top1" in last:
+            lines.append(f"  zero-shot top-1       {last['eval/zeroshot_top1']:.3f}")
+        for direction, label in (("image_to_text", "image->text"), ("text_to_image", "text->image")):
+            lines.append(f"  {label} R@1 / R@5  {last[f'eval/{direction}_R@1']:.3f} / {last[f'eval/{direction}_R@5']:.3f}")
+    lines.append(f"run directory: {run_dir} (config.yaml, metrics.jsonl, loss_curve.png)")
+    if checkpoint is not None:
+        lines.append(f"checkpoint: {checkpoint}")
+    return "\n".join(lines)
