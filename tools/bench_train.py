@@ -22,8 +22,6 @@ The last line printed is ``ratio: X.XX``: vlp samples/s over OpenCLIP samples/s.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import dataclasses
 import gc
 import json
 import math
@@ -60,9 +58,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--config", help="a vlp config file instead of a preset (its model is benchmarked)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (auto: cuda if available)")
     p.add_argument("--batch-size", type=int, help="per step (default: the config's data.batch_size)")
-    p.add_argument("--steps", type=int, default=5, help="steps per timed window")
-    p.add_argument("--windows", type=int, default=5, help="timed windows per implementation (median reported)")
-    p.add_argument("--warmup", type=int, default=3, help="untimed steps per implementation first")
+    p.add_argument("--steps", type=int, default=3, help="steps per timed window")
+    p.add_argument("--windows", type=int, default=7, help="timed windows per implementation (median reported)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps per implementation first")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
                    help="auto: fp32 on CPU, bf16 on GPUs that have it")
     p.add_argument("--compile", action="store_true",
@@ -74,6 +72,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--vocab-sweep", action="store_true",
                    help="instead: time vlp's step with vocabularies --sweep-vocabs (large first)")
     p.add_argument("--sweep-vocabs", type=int, nargs=2, default=[CLIP_BPE_VOCAB, 256], metavar=("LARGE", "SMALL"))
+    p.add_argument("--no-sweep-open-clip", dest="sweep_open_clip", action="store_false",
+                   help="--vocab-sweep: leave out OpenCLIP's step at the two vocabularies")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--memory-probe", choices=["vlp", "open_clip"], help=argparse.SUPPRESS)  # child process
@@ -109,8 +109,12 @@ def synthetic_tokenizer(vocab_size: int, context_length: int):
     """A tokenizer stand-in (no training, no files): pad 0, end-of-text 1, as vlp's SentencePiece tokenizers."""
     from vlp.models.tokenizers import Tokenizer
 
-    def encode(texts):
-        raise RuntimeError("the benchmark feeds token ids directly")
+    def encode(texts):  # characters to ids >= 3, then end-of-text, then padding (the benchmark feeds ids)
+        out = torch.zeros(len(texts), context_length, dtype=torch.long)
+        for row, text in enumerate(texts):
+            ids = [3 + ord(c) % (vocab_size - 3) for c in text][: context_length - 1] + [1]
+            out[row, : len(ids)] = torch.tensor(ids)
+        return out
 
     return Tokenizer(encode, vocab_size, pad_id=0, eos_id=1, context_length=context_length, kind="synthetic")
 
@@ -182,7 +186,7 @@ class VlpRunner:
         return {"embed_dim": self.model.text.text_projection.shape[-1], "custom_text": True,
                 "vision_cfg": self.model.visual.open_clip_vision_cfg(), "text_cfg": self.model.text.open_clip_text_cfg()}
 
-    def run(self, batches: list) -> None:
+    def run(self, batches: list, flush: bool = True) -> None:
         from vlp.train.accumulation import accumulate_gradients
         from vlp.train.loop import _to_device
 
@@ -199,7 +203,8 @@ class VlpRunner:
             self.optimizer.zero_grad(set_to_none=True)
             accelerator.unwrap_model(self.objective).after_optimizer_step(step)
             self.window.add(step, terms)
-        self.last_loss = self.window.flush()["loss"]  # the loop's logging flush: one host sync per window
+        if flush:
+            self.last_loss = self.window.flush()["loss"]  # the loop's logging flush: one host sync per window
 
     def loss_on(self, images, tokens) -> torch.Tensor:
         with torch.no_grad(), self.accelerator.autocast():
@@ -299,6 +304,24 @@ def count_flops(module: torch.nn.Module, images: torch.Tensor, tokens: torch.Ten
     return counter.get_total_flops()
 
 
+def count_syncs(vlp: VlpRunner, batches: list, args: argparse.Namespace) -> int:
+    """Warnings raised by ``torch.cuda.set_sync_debug_mode('warn')`` over vlp steps (after one warmup step)."""
+    import warnings
+
+    vlp.run(batches[:1])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            vlp.run([batches[i % len(batches)] for i in range(args.steps)], flush=False)
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+    vlp.window.flush()
+    for w in caught[:3]:
+        print(f"  sync: {w.filename}:{w.lineno}: {w.message}")
+    return len(caught)
+
+
 def default_peak_tflops(device: torch.device, precision: str) -> tuple[float, str]:
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
@@ -311,7 +334,7 @@ def default_peak_tflops(device: torch.device, precision: str) -> tuple[float, st
         torch.bfloat16 if precision == "bf16" else torch.float16)
     a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
     best = math.inf
-    for _ in range(6):
+    for _ in range(10):
         sync(device)
         t = time.perf_counter()
         a @ b
@@ -372,7 +395,7 @@ def time_windows(runners: list, batches: list, args: argparse.Namespace, device:
     for runner in runners:
         runner.run([batches[i % len(batches)] for i in range(args.warmup)])
         sync(device)
-    results = {r.name: {"times": [], "peak_bytes": 0} for r in runners}
+    results = {r.name: {"times": [], "cpu_times": [], "peak_bytes": 0} for r in runners}
     for round_index in range(args.windows):
         order = runners if round_index % 2 == 0 else runners[::-1]
         for runner in order:
@@ -382,10 +405,11 @@ def time_windows(runners: list, batches: list, args: argparse.Namespace, device:
                 torch.cuda.reset_peak_memory_stats(device)
                 base = torch.cuda.memory_allocated(device)
             sync(device)
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             runner.run(window)
             sync(device)
             results[runner.name]["times"].append((time.perf_counter() - t) / args.steps)
+            results[runner.name]["cpu_times"].append((time.process_time() - c) / args.steps)
             if track_cuda_memory:
                 results[runner.name]["peak_bytes"] = max(results[runner.name]["peak_bytes"],
                                                          torch.cuda.max_memory_allocated(device) - base)
@@ -400,6 +424,10 @@ def machine_line(device: torch.device) -> str:
                       if line.startswith("model name")), platform.processor())
         hw = f"{model}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
     return f"{hw}; torch {torch.__version__}, python {platform.python_version()}"
+
+
+def _load() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def param_count(module: torch.nn.Module) -> int:
@@ -433,8 +461,10 @@ def compare(args: argparse.Namespace) -> None:
           f"{args.warmup} warmup + {args.windows} windows x {args.steps} steps each, interleaved")
     print(f"same weights: initial loss vlp {loss_vlp:.5f} vs OpenCLIP {loss_oc:.5f}; "
           f"fwd+bwd FLOPs/step vlp {flops_vlp / 1e9:.2f} G, OpenCLIP {flops_oc / 1e9:.2f} G")
-    print(f"peak for MFU: {peak:.2f} TFLOP/s ({peak_source})", flush=True)
 
+    if device.type == "cuda":
+        print(f"host syncs inside vlp's step (CUDA sync debug mode, {args.steps} steps): {count_syncs(vlp, batches, args)}")
+    load_before = _load()
     results = time_windows([vlp, oc], batches, args, device, track_cuda_memory=device.type == "cuda")
     if device.type == "cpu" and args.memory == "auto":
         del vlp, oc
@@ -445,27 +475,34 @@ def compare(args: argparse.Namespace) -> None:
     elif args.memory == "off":
         for r in results.values():
             r["peak_bytes"] = None
-    mem_label = "peak step mem MiB" + (" (RSS)" if device.type == "cpu" else " (CUDA)")
+    if not args.peak_tflops and device.type == "cpu":  # measured again; the larger is the less disturbed
+        peak = max(peak, default_peak_tflops(device, args.precision)[0])
+    print(f"peak for MFU: {peak:.3f} TFLOP/s ({peak_source}, best of before and after the timing)"
+          if not args.peak_tflops and device.type == "cpu" else f"peak for MFU: {peak:.3f} TFLOP/s ({peak_source})")
+    mem_label = "peak step MiB" + (" (RSS)" if device.type == "cpu" else " (CUDA)")
     print()
-    header = f"{'impl':<9} {'samples/s':>10} {'step ms (median)':>17} {'min-max ms':>15} {mem_label:>24} " \
-             f"{'TFLOP/s':>8} {'MFU':>7}"
+    header = (f"{'impl':<9} {'samples/s':>10} {'step ms (median)':>17} {'best ms':>8} {'worst ms':>9} "
+              f"{'CPU s/step':>11} {mem_label:>19} {'TFLOP/s':>8} {'MFU':>7}")
     print(header)
     print("-" * len(header))
-    rates = {}
+    rates, best = {}, {}
     for name, flops in (("vlp", flops_vlp), ("OpenCLIP", flops_oc)):
         r = results[name]
         med = statistics.median(r["times"])
-        rates[name] = cfg.data.batch_size / med
+        rates[name], best[name] = cfg.data.batch_size / med, min(r["times"])
         tflops = flops / med / 1e12
-        spread = f"{min(r['times']) * 1e3:.1f}-{max(r['times']) * 1e3:.1f}"
-        print(f"{name:<9} {rates[name]:>10.1f} {med * 1e3:>17.1f} {spread:>15} {_mib(r['peak_bytes']):>24} "
-              f"{tflops:>8.3f} {tflops / peak:>7.1%}")
+        print(f"{name:<9} {rates[name]:>10.1f} {med * 1e3:>17.1f} {best[name] * 1e3:>8.1f} {max(r['times']) * 1e3:>9.1f} "
+              f"{statistics.median(r['cpu_times']):>11.2f} {_mib(r['peak_bytes']):>19} {tflops:>8.3f} "
+              f"{tflops / peak:>7.1%}")
     print()
+    print(f"load average before/after: {load_before} / {_load()} (other processes share this machine)")
+    print(f"ratio of best windows: {best['OpenCLIP'] / best['vlp']:.2f}")
     print(f"ratio: {rates['vlp'] / rates['OpenCLIP']:.2f}")
 
 
 def vocab_sweep(args: argparse.Namespace) -> None:
-    """vlp's step on one model at two vocabulary sizes; also splits each step into fwd+bwd and clip+AdamW."""
+    """vlp's step on one model at two vocabulary sizes, OpenCLIP's alongside for reference; vlp's steps are also
+    split into forward+backward and gradient clipping + AdamW."""
     from accelerate import Accelerator
 
     from vlp.train.accumulation import accumulate_gradients
@@ -473,61 +510,72 @@ def vocab_sweep(args: argparse.Namespace) -> None:
 
     device = torch.device(args.device)
     large, small = args.sweep_vocabs
-    runners = []
-    accelerator = None
+    vlp_runners, oc_runners, accelerator = {}, {}, None
     for vocab in (large, small):
         cfg, _ = vlp_config(args, vocab)
         torch.manual_seed(args.seed)
         accelerator = accelerator or Accelerator(mixed_precision=mixed_precision(cfg.train.precision),
                                                  cpu=device.type == "cpu")
         runner = VlpRunner(cfg, vocab, device, accelerator)
-        runner.name = f"vocab {vocab}"
-        runner.batches = synthetic_batches(2, cfg.data.batch_size, runner.model.visual.image_size,
-                                           runner.model.text.context_length, vocab, device, args.seed)
-        runners.append(runner)
-    # the same tokens for both: ids drawn below the small vocabulary
-    batches = runners[1].batches
-    results = time_windows(runners, batches, args, device)
+        runner.name = f"vlp {vocab}"
+        vlp_runners[vocab] = runner
+        if args.sweep_open_clip:
+            total = (args.warmup + args.steps * args.windows) * 2
+            oc = OpenClipRunner(runner.open_clip_model_cfg(), runner.state_dict_for_open_clip(), cfg, device, total)
+            oc.name = f"OpenCLIP {vocab}"
+            oc_runners[vocab] = oc
+    # the same batches for all: token ids drawn below the small vocabulary
+    small_runner = vlp_runners[small]
+    batches = synthetic_batches(2, cfg.data.batch_size, small_runner.model.visual.image_size,
+                                small_runner.model.text.context_length, small, device, args.seed)
+    load_before = _load()
+    results = time_windows([*vlp_runners.values(), *oc_runners.values()], batches, args, device)
 
-    # where the time goes: forward+backward vs gradient clipping + optimizer step (synced between phases)
-    phases = {}
-    for runner in runners:
-        fb, opt = [], []
-        for i in range(args.steps * 2):
-            images, tokens = batches[i % 2]
+    # where vlp's time goes: forward+backward vs clipping + optimizer step, synced between phases, interleaved
+    phases = {vocab: ([], []) for vocab in vlp_runners}
+    for i in range(args.steps * 2):
+        images, tokens = batches[i % 2]
+        for vocab, runner in (vlp_runners.items() if i % 2 == 0 else reversed(vlp_runners.items())):
             sync(device)
             t0 = time.perf_counter()
             accumulate_gradients(runner.objective, [{"images": images, "tokens": tokens}], runner.accelerator)
             sync(device)
             t1 = time.perf_counter()
-            runner.accelerator.clip_grad_norm_(runner.objective.parameters(), runner.cfg.train.grad_clip or 1e9)
+            if runner.cfg.train.grad_clip:
+                runner.accelerator.clip_grad_norm_(runner.objective.parameters(), runner.cfg.train.grad_clip)
             runner.optimizer.step()
             runner.scheduler.step()
             runner.optimizer.zero_grad(set_to_none=True)
             sync(device)
-            fb.append(t1 - t0)
-            opt.append(time.perf_counter() - t1)
-        phases[runner.name] = (statistics.median(fb), statistics.median(opt))
+            phases[vocab][0].append(t1 - t0)
+            phases[vocab][1].append(time.perf_counter() - t1)
 
-    cfg = runners[0].cfg
     print(f"machine: {machine_line(device)}")
-    print(f"vlp step, {args.config or PRESETS[args.preset].relative_to(REPO)} model, batch {cfg.data.batch_size}, "
-          f"precision {args.precision}, compile {args.compile}, {args.windows} windows x {args.steps} steps, "
-          f"interleaved; token ids < {small} in both")
+    print(f"vocabulary cost: {args.config or PRESETS[args.preset].relative_to(REPO)} model, batch "
+          f"{cfg.data.batch_size}, precision {args.precision}, compile {args.compile}, {args.warmup} warmup + "
+          f"{args.windows} windows x {args.steps} steps each, interleaved; token ids < {small} in all")
     print()
-    header = (f"{'vocab':>7} {'params M':>9} {'embedding M':>12} {'samples/s':>10} {'step ms':>8} "
-              f"{'fwd+bwd ms':>11} {'clip+AdamW ms':>14}")
+    header = (f"{'impl':<9} {'vocab':>6} {'params M':>9} {'embedding M':>12} {'samples/s':>10} {'step ms':>8} "
+              f"{'best ms':>8} {'fwd+bwd ms':>11} {'clip+AdamW ms':>14}")
     print(header)
     print("-" * len(header))
     med = {}
-    for runner, vocab in zip(runners, (large, small)):
-        med[vocab] = statistics.median(results[runner.name]["times"])
-        emb = runner.model.text.token_embedding.weight.numel()
-        fb, opt = phases[runner.name]
-        print(f"{vocab:>7} {param_count(runner.model) / 1e6:>9.3f} {emb / 1e6:>12.3f} "
-              f"{cfg.data.batch_size / med[vocab]:>10.1f} {med[vocab] * 1e3:>8.1f} {fb * 1e3:>11.1f} {opt * 1e3:>14.1f}")
+    for impl, runners in (("vlp", vlp_runners), ("OpenCLIP", oc_runners)):
+        for vocab, runner in runners.items():
+            times = results[runner.name]["times"]
+            med[impl, vocab] = statistics.median(times)
+            split = (f"{statistics.median(phases[vocab][0]) * 1e3:>11.1f} {statistics.median(phases[vocab][1]) * 1e3:>14.1f}"
+                     if impl == "vlp" else f"{'':>11} {'':>14}")
+            print(f"{impl:<9} {vocab:>6} {param_count(runner.model) / 1e6:>9.3f} "
+                  f"{vocab * runner.cfg.model.text.width / 1e6:>12.3f} {cfg.data.batch_size / med[impl, vocab]:>10.1f} "
+                  f"{med[impl, vocab] * 1e3:>8.1f} {min(times) * 1e3:>8.1f} {split}")
+    print(f"(step ms: median window; best ms: best window; fwd+bwd, clip+AdamW: medians of "
+          f"{args.steps * 2} separately timed vlp steps)")
     print()
-    print(f"vocab ratio: {med[large] / med[small]:.2f}  (step time, vocab {large} / vocab {small})")
+    print(f"load average before/after: {load_before} / {_load()} (other processes share this machine)")
+    if oc_runners:
+        print(f"OpenCLIP vocab ratio: {med['OpenCLIP', large] / med['OpenCLIP', small]:.2f}")
+    print(f"vocab ratio: {med['vlp', large] / med['vlp', small]:.2f}  (vlp step time, vocab {large} / vocab {small})")
 
 
 def main(argv=None) -> None:

@@ -9,23 +9,10 @@ from typing import Sequence
 import torch
 from PIL import Image
 
-from vlp.config import ConfigError, load_config
+from vlp.config import load_config
 from vlp.data.transforms import image_transform
 from vlp.models import DualEncoder, Tokenizer, build_model
-from vlp.train.checkpoint import STATE, WEIGHTS, latest_checkpoint, load_weights
-
-
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint directory, or a run directory (its newest complete checkpoint)."""
-    path = Path(path)
-    if (path / WEIGHTS).is_file() and (path / "config.yaml").is_file():
-        return path
-    if not path.exists():
-        raise ConfigError(f"no such run or checkpoint: {path}")
-    found = latest_checkpoint(path)
-    if found is None:
-        raise ConfigError(f"{path} holds no complete checkpoint (expected checkpoints/step_*/{STATE})")
-    return found
+from vlp.train.checkpoint import load_weights, resolve_checkpoint
 
 
 class LoadedModel:
@@ -52,14 +39,15 @@ class LoadedModel:
         for start in range(0, len(images), batch_size):
             chunk = [self.preprocess(self._as_image(img)) for img in images[start:start + batch_size]]
             out.append(self.model.encode_image(torch.stack(chunk).to(self.device)).float().cpu())
-        return torch.cat(out) if out else torch.empty(0, self.model.text.text_projection.shape[-1])
+        return torch.cat(out) if out else torch.empty(0, self.config.model.embed_dim)
 
     @torch.no_grad()
     def embed_texts(self, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
         """Strings -> L2-normalized float32 embeddings [N, D] on the CPU."""
         texts = [texts] if isinstance(texts, str) else list(texts)
-        return torch.cat([self.model.encode_text(self.tokenizer(texts[i:i + batch_size]).to(self.device))
-                          .float().cpu() for i in range(0, len(texts), batch_size)])
+        out = [self.model.encode_text(self.tokenizer(texts[i:i + batch_size]).to(self.device)).float().cpu()
+               for i in range(0, len(texts), batch_size)]
+        return torch.cat(out) if out else torch.empty(0, self.config.model.embed_dim)
 
 
 def load(path: str | Path, device: str | torch.device | None = None) -> LoadedModel:

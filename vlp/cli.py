@@ -10,11 +10,12 @@ from vlp.config import ConfigError
 
 def _train(args: argparse.Namespace) -> None:
     from vlp.config import load_config
-    from vlp.train.loop import train
-
-    from vlp.train.metrics import summary
 
     config = load_config(args.config, args.overrides)
+    # torch, Accelerate and the towers take seconds to import: a bad config fails before them
+    from vlp.train.loop import train
+    from vlp.train.metrics import summary
+
     checkpoint = train(config, resume=args.resume)
     if int(os.environ.get("RANK", "0")) == 0:
         print(summary(config.run_dir, checkpoint))

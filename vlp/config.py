@@ -116,6 +116,18 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
+def _as_float(value: Any) -> Any:
+    """Ints, and strings such as '1e-3' that YAML 1.1 reads as text rather than a number, become floats."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
 def _check_type(value: Any, annotation: Any, where: str) -> Any:
     hint = annotation
     origin, args = typing.get_origin(hint), typing.get_args(hint)
@@ -124,10 +136,12 @@ def _check_type(value: Any, annotation: Any, where: str) -> Any:
             return None
         hint = next(a for a in args if a is not type(None))
         origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+    if hint is float:
+        value = _as_float(value)
     expected = origin or hint
     if expected is Any or isinstance(value, expected) and not (expected is int and isinstance(value, bool)):
+        if origin is list and args:
+            return [_check_type(item, args[0], f"{where}[{i}]") for i, item in enumerate(value)]
         return value
     raise ConfigError(f"config key '{where}' expects {getattr(hint, '__name__', hint)}, got {value!r}")
 
@@ -156,7 +170,10 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if "=" not in text:
         raise ConfigError(f"override '{text}' must look like key=value, e.g. train.steps=100")
     key, raw = text.split("=", 1)
-    return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else None
+    try:
+        return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"override '{text}': the value is not valid YAML ({str(err).splitlines()[0]})") from None
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
@@ -164,7 +181,9 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
         path, value = parse_override(text)
         node = data
         for part in path[:-1]:
-            node = node.setdefault(part, {})
+            if node.get(part) is None:  # absent, or an empty YAML section
+                node[part] = {}
+            node = node[part]
             if not isinstance(node, dict):
                 raise ConfigError(f"override '{text}': '{part}' is not a section")
         node[path[-1]] = value

@@ -21,8 +21,8 @@ def image_transform(visual, train: bool = False, crop_scale: tuple[float, float]
               else [T.Resize(size, interpolation=interp, antialias=True), T.CenterCrop(size)])
     return T.Compose([
         T.Lambda(to_rgb),  # a named function, so workers started by spawn can unpickle the transform
+        *resize,  # on the PIL image, as OpenCLIP does, so exported models see the same pixels
         T.PILToTensor(),
-        *resize,
         T.ToDtype(torch.float32, scale=True),
         T.Normalize(mean=list(visual.mean), std=list(visual.std)),
     ])

@@ -14,7 +14,10 @@ from pathlib import Path
 from safetensors.torch import save_file
 
 from vlp.api import load
+from vlp.config import ConfigError
 from vlp.models.image_towers import OpenClipViTTower
+
+OPEN_CLIP_INTERPOLATIONS = ("bicubic", "bilinear")
 
 
 def open_clip_state_dict(model) -> dict:
@@ -32,11 +35,14 @@ def export_open_clip(run: str | Path, output: str | Path) -> Path:
     text_cfg = model.text.open_clip_text_cfg()
     if tokenizer.path:
         text_cfg["hf_tokenizer_name"] = Path(tokenizer.path).name  # OpenCLIP reads the tokenizer from DIR itself
-    model_cfg = {"embed_dim": model.text.text_projection.shape[-1], "custom_text": True,
+    model_cfg = {"embed_dim": loaded.config.model.embed_dim, "custom_text": True,
                  "vision_cfg": model.visual.open_clip_vision_cfg(), "text_cfg": text_cfg}
     if model.logit_bias is not None:
         model_cfg["init_logit_bias"] = model.logit_bias.item()
     visual = model.visual
+    if visual.interpolation not in OPEN_CLIP_INTERPOLATIONS:
+        raise ConfigError(f"OpenCLIP resizes with {' or '.join(OPEN_CLIP_INTERPOLATIONS)} only, not "
+                          f"'{visual.interpolation}' (model.image.interpolation)")
     preprocess_cfg = {"size": visual.image_size, "mean": list(visual.mean), "std": list(visual.std),
                       "interpolation": visual.interpolation, "resize_mode": "shortest"}
     output = Path(output)
@@ -47,8 +53,7 @@ def export_open_clip(run: str | Path, output: str | Path) -> Path:
             json.dumps({"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg}, indent=2))
         save_file(open_clip_state_dict(model), str(staging / "open_clip_model.safetensors"))
         if tokenizer.path:
-            for item in Path(tokenizer.path).iterdir():
-                shutil.copy2(item, staging / item.name)
+            tokenizer.save_pretrained(staging)
         if output.exists():
             shutil.rmtree(output)
         staging.rename(output)

@@ -77,6 +77,9 @@ class ClipTextTower(nn.Module):
         self.context_length = tokenizer.context_length
         self.vocab_size = tokenizer.vocab_size
         self.eos_id = tokenizer.eos_id
+        if self.eos_id not in tokenizer("a")[0].tolist():  # pooling would silently take position 0
+            raise ConfigError(f"the {tokenizer.kind} tokenizer does not end a text with its end-of-text token "
+                              f"{self.eos_id}, where the CLIP text tower pools (model.tokenizer)")
         self.token_embedding = nn.Embedding(tokenizer.vocab_size, cfg.width)
         self.positional_embedding = nn.Parameter(torch.empty(self.context_length, cfg.width))
         self.transformer = Transformer(cfg.width, cfg.layers, cfg.heads, cfg.mlp_ratio)
@@ -134,6 +137,10 @@ class HFTextTower(nn.Module):
         if tokenizer.vocab_size > hf_config.vocab_size:
             raise ConfigError(f"tokenizer has {tokenizer.vocab_size} tokens but the text tower at {cfg.path} embeds "
                               f"{hf_config.vocab_size}: the tokenizer does not match the text tower")
+        max_length = getattr(hf_config, "max_position_embeddings", None)
+        if max_length is not None and tokenizer.context_length > max_length:
+            raise ConfigError(f"model.tokenizer.context_length {tokenizer.context_length} exceeds the "
+                              f"{max_length} positions of the text tower at {cfg.path}")
         if cfg.pooler not in ("mean", "cls"):
             raise ConfigError(f"unknown text pooler '{cfg.pooler}'; valid: mean, cls")
         self.transformer = (AutoModel.from_pretrained(cfg.path, attn_implementation="sdpa") if cfg.pretrained

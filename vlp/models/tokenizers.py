@@ -31,6 +31,10 @@ class Tokenizer:
     def __call__(self, texts: str | list[str]) -> torch.Tensor:
         return self.encode([texts] if isinstance(texts, str) else list(texts))
 
+    def save_pretrained(self, directory: str | Path) -> None:
+        """Write the tokenizer files alone (not the rest of an HF model directory) into ``directory``."""
+        self.encode.save_pretrained(str(directory))
+
 
 TOKENIZERS: Registry[Callable[[TokenizerConfig], Tokenizer]] = Registry("tokenizer")
 

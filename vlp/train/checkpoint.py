@@ -14,9 +14,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from vlp.config import ConfigError, save_config
+from vlp.models.weights import load_into, load_state_dict_file
 from vlp.utils import atomic_write_text, fsync_dir
 
 STEP_DIR = re.compile(r"^step_(\d{7,})$")
@@ -36,6 +37,19 @@ def checkpoint_dirs(run_dir: str | Path) -> list[Path]:
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
     found = checkpoint_dirs(run_dir)
     return found[-1] if found else None
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint directory, or a run directory (its newest complete checkpoint)."""
+    path = Path(path)
+    if (path / WEIGHTS).is_file() and (path / STATE).is_file():
+        return path
+    if not path.exists():
+        raise ConfigError(f"no such run or checkpoint: {path}")
+    found = latest_checkpoint(path)
+    if found is None:
+        raise ConfigError(f"{path} holds no complete checkpoint (expected checkpoints/step_*/{STATE})")
+    return found
 
 
 def _rng_state() -> dict:
@@ -98,19 +112,15 @@ def save_checkpoint(run_dir: Path, step: int, accelerator, objective, optimizer,
 
 def load_weights(path: Path, module: torch.nn.Module, prefix: str = "") -> None:
     """Load ``model.safetensors`` (keys under ``prefix``) into ``module``; incompatible shapes fail in one line."""
-    state = load_file(str(path / WEIGHTS))
+    state = load_state_dict_file(path / WEIGHTS)
     if prefix:
         state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
     expected = module.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong = [k for k in expected if k in state and state[k].shape != expected[k].shape]
-    if missing or unexpected or wrong:
-        detail = (f"shape of '{wrong[0]}' is {tuple(state[wrong[0]].shape)}, the model has "
-                  f"{tuple(expected[wrong[0]].shape)}" if wrong else
-                  f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}")
-        raise ConfigError(f"checkpoint {path} does not fit this config: {detail}")
-    module.load_state_dict(state)
+    for key in (k for k in state if k.endswith("text.token_embedding.weight") and k in expected):
+        if state[key].shape[0] != expected[key].shape[0]:
+            raise ConfigError(f"checkpoint {path} was trained with a {state[key].shape[0]}-token vocabulary, the "
+                              f"tokenizer has {expected[key].shape[0]}: tokenizer and text tower do not match")
+    load_into(module, state, path)
 
 
 def load_checkpoint(path: Path, accelerator, objective, optimizer, scheduler) -> dict:

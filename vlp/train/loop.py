@@ -26,7 +26,7 @@ from vlp.models import build_model
 from vlp.models.tokenizers import train_sentencepiece
 from vlp.objective import Objective
 from vlp.train.accumulation import accumulate_gradients
-from vlp.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from vlp.train.checkpoint import latest_checkpoint, load_checkpoint, resolve_checkpoint, save_checkpoint
 from vlp.train.metrics import MetricsLog, TermWindow, plot_loss_curve
 from vlp.train.optim import build_optimizer, cosine_schedule
 
@@ -115,11 +115,9 @@ def restore(session: Session, resume: str) -> dict:
     """Load the checkpoint ``resume`` names ('none', 'auto' or a path); returns the step and stream position."""
     if resume == "none":
         return {"step": 0, "stream_position": 0}
-    checkpoint = latest_checkpoint(session.run_dir) if resume == "auto" else Path(resume)
+    checkpoint = latest_checkpoint(session.run_dir) if resume == "auto" else resolve_checkpoint(resume)
     if checkpoint is None:
         return {"step": 0, "stream_position": 0}
-    if not checkpoint.is_dir():
-        raise ConfigError(f"checkpoint to resume from not found: {checkpoint}")
     return load_checkpoint(checkpoint, session.accelerator, session.objective, session.optimizer,
                            session.scheduler)
 
