@@ -226,7 +226,9 @@ def minilm(tmp_path_factory):
 def test_hf_text_tower_loads_every_minilm_tensor(minilm):
     reference = load_file(str(MINILM / "model.safetensors"))
     loaded = minilm[0].text.transformer.state_dict()
-    assert set(reference) - set(loaded) <= {"embeddings.position_ids"} and set(loaded) <= set(reference)
+    # the pooler is dropped on purpose: vlp pools itself, and unused parameters would stall DDP
+    assert set(reference) - set(loaded) <= {"embeddings.position_ids", "pooler.dense.weight", "pooler.dense.bias"}
+    assert set(loaded) <= set(reference) and len(loaded) >= len(reference) - 3
     assert all(torch.equal(loaded[k], reference[k]) for k in loaded)
 
 

@@ -145,6 +145,9 @@ class HFTextTower(nn.Module):
             raise ConfigError(f"unknown text pooler '{cfg.pooler}'; valid: mean, cls")
         self.transformer = (AutoModel.from_pretrained(cfg.path, attn_implementation="sdpa") if cfg.pretrained
                             else AutoModel.from_config(hf_config, attn_implementation="sdpa"))
+        if getattr(self.transformer, "pooler", None) is not None:
+            # BERT-style pooler output is never used: unused parameters would stall DDP's gradient reduction
+            self.transformer.pooler = None
         width = hf_config.hidden_size
         if cfg.proj == "linear":
             self.proj = nn.Linear(width, embed_dim, bias=False)
