@@ -52,7 +52,8 @@ OPEN_CLIP_PRECISION = {"fp32": "fp32", "bf16": "amp_bf16", "fp16": "amp"}
 # ----------------------------------------------------------------------------------------------------- setup
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", choices=sorted(PRESETS), default="demo",
                    help="model shapes: demo (configs/demo.yaml, CPU) or vit_b32 (configs/vit_b32.yaml, GPU)")
     p.add_argument("--config", help="a vlp config file instead of a preset (its model is benchmarked)")
@@ -184,7 +185,8 @@ class VlpRunner:
     def open_clip_model_cfg(self) -> dict:
         # what `vlp export` writes (vlp/export/open_clip.py), less the tokenizer name
         return {"embed_dim": self.model.text.text_projection.shape[-1], "custom_text": True,
-                "vision_cfg": self.model.visual.open_clip_vision_cfg(), "text_cfg": self.model.text.open_clip_text_cfg()}
+                "vision_cfg": self.model.visual.open_clip_vision_cfg(),
+                "text_cfg": self.model.text.open_clip_text_cfg()}
 
     def run(self, batches: list, flush: bool = True) -> None:
         from vlp.train.accumulation import accumulate_gradients
@@ -317,9 +319,10 @@ def count_syncs(vlp: VlpRunner, batches: list, args: argparse.Namespace) -> int:
         finally:
             torch.cuda.set_sync_debug_mode(0)
     vlp.window.flush()
-    for w in caught[:3]:
+    syncs = [w for w in caught if "synchroniz" in str(w.message)]
+    for w in syncs[:3]:
         print(f"  sync: {w.filename}:{w.lineno}: {w.message}")
-    return len(caught)
+    return len(syncs)
 
 
 def default_peak_tflops(device: torch.device, precision: str) -> tuple[float, str]:
@@ -463,7 +466,8 @@ def compare(args: argparse.Namespace) -> None:
           f"fwd+bwd FLOPs/step vlp {flops_vlp / 1e9:.2f} G, OpenCLIP {flops_oc / 1e9:.2f} G")
 
     if device.type == "cuda":
-        print(f"host syncs inside vlp's step (CUDA sync debug mode, {args.steps} steps): {count_syncs(vlp, batches, args)}")
+        syncs = count_syncs(vlp, batches, args)
+        print(f"host syncs inside vlp's step (CUDA sync debug mode, {args.steps} steps): {syncs}")
     load_before = _load()
     results = time_windows([vlp, oc], batches, args, device, track_cuda_memory=device.type == "cuda")
     if device.type == "cpu" and args.memory == "auto":
@@ -491,7 +495,8 @@ def compare(args: argparse.Namespace) -> None:
         med = statistics.median(r["times"])
         rates[name], best[name] = cfg.data.batch_size / med, min(r["times"])
         tflops = flops / med / 1e12
-        print(f"{name:<9} {rates[name]:>10.1f} {med * 1e3:>17.1f} {best[name] * 1e3:>8.1f} {max(r['times']) * 1e3:>9.1f} "
+        print(f"{name:<9} {rates[name]:>10.1f} {med * 1e3:>17.1f} {best[name] * 1e3:>8.1f} "
+              f"{max(r['times']) * 1e3:>9.1f} "
               f"{statistics.median(r['cpu_times']):>11.2f} {_mib(r['peak_bytes']):>19} {tflops:>8.3f} "
               f"{tflops / peak:>7.1%}")
     print()
@@ -564,7 +569,8 @@ def vocab_sweep(args: argparse.Namespace) -> None:
         for vocab, runner in runners.items():
             times = results[runner.name]["times"]
             med[impl, vocab] = statistics.median(times)
-            split = (f"{statistics.median(phases[vocab][0]) * 1e3:>11.1f} {statistics.median(phases[vocab][1]) * 1e3:>14.1f}"
+            fb, opt = (statistics.median(phases[vocab][i]) * 1e3 for i in (0, 1))
+            split = (f"{fb:>11.1f} {opt:>14.1f}"
                      if impl == "vlp" else f"{'':>11} {'':>14}")
             print(f"{impl:<9} {vocab:>6} {param_count(runner.model) / 1e6:>9.3f} "
                   f"{vocab * runner.cfg.model.text.width / 1e6:>12.3f} {cfg.data.batch_size / med[impl, vocab]:>10.1f} "
