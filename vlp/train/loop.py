@@ -208,17 +208,13 @@ def train(cfg: Config, resume: str = "none") -> Path:
             reporter.flush(step, position)  # checks the loss is finite before anything is saved
         if due_checkpoint:
             save_checkpoint(session.run_dir, step, accelerator, objective, optimizer, session.scheduler, position,
-                            cfg, _trained_tokenizer_dir(cfg), cfg.train.keep_checkpoints)
+                            cfg, session.tokenizer, cfg.train.keep_checkpoints)
         if due_eval:
             reporter.evaluate(step)
     reporter.evaluate(cfg.train.steps)
     reporter.close()
     accelerator.end_training()
     return latest_checkpoint(session.run_dir)
-
-
-def _trained_tokenizer_dir(cfg: Config) -> str | None:
-    return cfg.model.tokenizer.path if cfg.model.tokenizer.type == "sentencepiece" else None
 
 
 def _to_device(batch: dict, device: torch.device) -> dict:
