@@ -16,6 +16,7 @@ $(BIN)/vlp: pyproject.toml
 install: $(BIN)/vlp
 
 demo: install
+	rm -rf runs/demo  # the demo starts afresh each time; `vlp train` refuses a run directory in use
 	$(BIN)/vlp train --config configs/demo.yaml
 
 test: install

@@ -96,3 +96,17 @@ def test_saved_config_round_trips(tmp_path, name):
     assert load_config(tmp_path / "config.yaml") == cfg
     save_config(load_config(tmp_path / "config.yaml"), tmp_path / "again.yaml")
     assert (tmp_path / "again.yaml").read_text() == (tmp_path / "config.yaml").read_text()
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.checkpoint_every=0", "'train.checkpoint_every' must be at least 1, got 0"),
+    ("train.log_every=0", "'train.log_every' must be at least 1, got 0"),
+    ("train.accum_steps=0", "'train.accum_steps' must be at least 1, got 0"),
+    ("data.batch_size=0", "'data.batch_size' must be at least 1, got 0"),
+    ("train.eval_every=-1", "'train.eval_every' must be at least 0, got -1"),
+    ("train.trackers=[tensorbord]", "unknown tracker(s) ['tensorbord'] in train.trackers; valid: tensorboard, wandb"),
+])
+def test_values_that_cannot_work_are_rejected(override, message):
+    with pytest.raises(ConfigError) as err:
+        load_config(CONFIGS / "tiny.yaml", [override])
+    assert message in str(err.value)

@@ -157,3 +157,19 @@ def test_preprocessing_that_resizes_matches_open_clip(tmp_path, sp_tokenizer):
     image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (50, 70, 3), dtype=np.uint8))
     diff = (preprocess(image) - vlp.load(run).preprocess(image)).abs().max().item()
     assert diff < 1e-5, diff
+
+
+def test_export_never_overwrites_a_directory_it_did_not_write(tmp_path, sp_tokenizer, capsys):
+    run = make_run(tmp_path, f"model.tokenizer.path={sp_tokenizer}")
+    foreign = tmp_path / "notes"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("important")
+    capsys.readouterr()
+    assert main(["export", str(run), "--format", "open_clip", "--output", str(foreign)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "refusing to overwrite it" in err
+    assert (foreign / "notes.txt").read_text() == "important"
+    out = tmp_path / "exported"
+    export_open_clip(run, out)
+    export_open_clip(run, out)  # an earlier export of its own is replaced
+    assert (out / "open_clip_config.json").is_file()

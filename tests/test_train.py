@@ -72,7 +72,24 @@ def test_run_directory_has_config_metrics_checkpoint_and_curve(tiny):
     evals = [r for r in logged if "eval/zeroshot_top1" in r]
     assert [r["step"] for r in evals] == [6, 12]
     assert all(0.0 <= r["eval/text_to_image_R@5"] <= 1.0 for r in evals)
-    assert logged[-2]["samples"] == 12 * 32 and logged[-2]["lr"] == pytest.approx(0.0, abs=1e-9)
+    assert logged[-2]["samples"] == 12 * 32
+    assert logged[0]["lr"] == pytest.approx(1e-3 / 5)  # step 1 of 5 warmup steps ran at a fifth of the rate
+
+
+def test_a_used_run_directory_is_continued_not_overwritten(tiny):
+    from vlp.config import ConfigError
+
+    final = train(tiny("train.steps=4"))
+    run = final.parents[1]
+    with pytest.raises(ConfigError, match="already holds checkpoints: continue it with --resume auto"):
+        train(tiny("train.steps=4"))
+    with pytest.raises(ConfigError, match=r"train.lr=0.01 differs from 0.001"):
+        train(tiny("train.steps=6", "train.lr=0.01"), resume="auto")
+    evals_before = [r for r in records(run) if "eval/zeroshot_top1" in r]
+    train(tiny("train.steps=4"), resume="auto")  # already finished: nothing to do, nothing logged twice
+    assert [r for r in records(run) if "eval/zeroshot_top1" in r] == evals_before
+    assert train(tiny("train.steps=6"), resume="auto").name == "step_0000006"
+    assert [r["step"] for r in records(run) if "loss" in r] == list(range(1, 7))
 
 
 def test_heads_plug_in_through_config_and_are_logged(tiny):
@@ -124,7 +141,7 @@ def _cli(run_dir, steps, *extra):
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
     cmd = [sys.executable, "-m", "vlp.cli", "train", "--config", str(CONFIGS / "tiny.yaml"), *extra,
            f"run_dir={run_dir}", f"train.steps={steps}", "train.checkpoint_every=10", "data.val=null",
-           "data.batch_size=64"]
+           "data.batch_size=64", "model.image.patch_dropout=0.5"]  # patch dropout: the RNG state must resume too
     return subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 

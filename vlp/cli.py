@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (ConfigError, FloatingPointError, FileNotFoundError) as err:
+    except (ConfigError, FloatingPointError, FileNotFoundError, FileExistsError) as err:
         print(f"vlp {args.command}: error: {err}", file=sys.stderr)
         return 2 if isinstance(err, ConfigError) else 1
     except KeyboardInterrupt:

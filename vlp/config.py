@@ -200,7 +200,30 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
             data = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as err:
             raise ConfigError(f"config file {path} is not valid YAML: {str(err).splitlines()[0]}") from None
-    return from_dict(Config, apply_overrides(data, list(overrides)))
+    return validate(from_dict(Config, apply_overrides(data, list(overrides))))
+
+
+TRACKERS = ("tensorboard", "wandb")
+
+
+def validate(config: Config) -> Config:
+    """Reject values that type-check but cannot work, naming the key."""
+    at_least_one = {"train.steps": config.train.steps, "train.log_every": config.train.log_every,
+                    "train.checkpoint_every": config.train.checkpoint_every,
+                    "train.accum_steps": config.train.accum_steps, "data.batch_size": config.data.batch_size}
+    at_least_zero = {"train.eval_every": config.train.eval_every, "train.warmup_steps": config.train.warmup_steps,
+                     "train.keep_checkpoints": config.train.keep_checkpoints,
+                     "data.num_workers": config.data.num_workers}
+    for key, value in at_least_one.items():
+        if value < 1:
+            raise ConfigError(f"config key '{key}' must be at least 1, got {value}")
+    for key, value in at_least_zero.items():
+        if value < 0:
+            raise ConfigError(f"config key '{key}' must be at least 0, got {value}")
+    unknown = [name for name in config.train.trackers if name not in TRACKERS]
+    if unknown:
+        raise ConfigError(f"unknown tracker(s) {unknown} in train.trackers; valid: {', '.join(TRACKERS)}")
+    return config
 
 
 def to_dict(config: Any) -> dict:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Callable, Generic, TypeVar
@@ -30,7 +31,8 @@ class Registry(Generic[T]):
         if name not in self._entries:
             close = difflib.get_close_matches(str(name), self._entries, n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise KeyError(f"unknown {self.kind} '{name}'{hint}; valid: {', '.join(sorted(self._entries))}")
+            valid = ", ".join(sorted(self._entries)) or "none registered"
+            raise KeyError(f"unknown {self.kind} '{name}'{hint}; valid: {valid}")
         return self._entries[name]
 
     def names(self) -> list[str]:
@@ -38,6 +40,25 @@ class Registry(Generic[T]):
 
     def __contains__(self, name: str) -> bool:
         return name in self._entries
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def publish_directory(staging: Path, output: Path, marker: str) -> Path:
+    """Rename a fully written ``staging`` directory to ``output``. An existing ``output`` is replaced only when it
+    is empty or an earlier result of the same kind (it holds ``marker``): never a user's other files."""
+    if output.exists():
+        if not output.is_dir() or (any(output.iterdir()) and not (output / marker).is_file()):
+            raise FileExistsError(f"{output} exists and is not an earlier output of this command (no {marker}); "
+                                  "refusing to overwrite it")
+        shutil.rmtree(output)
+    os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes it owner-only
+    staging.rename(output)
+    return output
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -50,6 +71,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it owner-only
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

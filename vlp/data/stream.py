@@ -73,5 +73,7 @@ class Collate:
 
 
 def stream_loader(dataset: ImageTextDataset, stream: SampleStream, tokenizer, num_workers: int) -> DataLoader:
+    # its own generator: starting the iterator must not draw from the global RNG that a resume restores
     return DataLoader(dataset, batch_sampler=stream, collate_fn=Collate(tokenizer), num_workers=num_workers,
-                      persistent_workers=num_workers > 0, prefetch_factor=4 if num_workers else None)
+                      persistent_workers=num_workers > 0, prefetch_factor=4 if num_workers else None,
+                      generator=torch.Generator().manual_seed(stream.seed))

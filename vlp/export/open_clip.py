@@ -16,6 +16,7 @@ from safetensors.torch import save_file
 from vlp.api import load
 from vlp.config import ConfigError
 from vlp.models.image_towers import OpenClipViTTower
+from vlp.utils import publish_directory
 
 OPEN_CLIP_INTERPOLATIONS = ("bicubic", "bilinear")
 
@@ -54,9 +55,7 @@ def export_open_clip(run: str | Path, output: str | Path) -> Path:
         save_file(open_clip_state_dict(model), str(staging / "open_clip_model.safetensors"))
         if tokenizer.path:
             tokenizer.save_pretrained(staging)
-        if output.exists():
-            shutil.rmtree(output)
-        staging.rename(output)
+        publish_directory(staging, output, "open_clip_config.json")
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return output

@@ -15,7 +15,7 @@ from typing import Callable, Iterable
 import torch
 
 from vlp.config import ConfigError, TokenizerConfig
-from vlp.utils import Registry
+from vlp.utils import Registry, publish_directory
 
 
 @dataclass
@@ -94,9 +94,9 @@ def train_sentencepiece(texts: Iterable[str], vocab_size: int, output_dir: str |
                                  unk_token="<unk>")
     output_dir = Path(output_dir)
     output_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=output_dir.parent, prefix=f".{output_dir.name}."))
-    hf.save_pretrained(tmp)
-    if output_dir.exists():
-        shutil.rmtree(output_dir)
-    tmp.rename(output_dir)
-    return output_dir
+    staging = Path(tempfile.mkdtemp(dir=output_dir.parent, prefix=f".{output_dir.name}."))
+    try:
+        hf.save_pretrained(staging)
+        return publish_directory(staging, output_dir, "tokenizer.json")
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

@@ -15,7 +15,7 @@ from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, set_seed
 from tqdm.auto import tqdm
 
-from vlp.config import Config, ConfigError, save_config, to_dict
+from vlp.config import Config, ConfigError, load_config, save_config, to_dict
 from vlp.data import CaptionedImages, load_captioned
 from vlp.data.stream import ImageTextDataset, SampleStream, stream_loader
 from vlp.data.transforms import image_transform
@@ -46,17 +46,23 @@ def _bad_precision(choice: str) -> str:
 
 def _trackers(names: list[str]) -> list[str]:
     import importlib.util
+    import warnings
 
-    return [n for n in names if importlib.util.find_spec("torch.utils.tensorboard" if n == "tensorboard" else n)]
+    available = [n for n in names if importlib.util.find_spec("torch.utils.tensorboard" if n == "tensorboard" else n)]
+    for missing in sorted(set(names) - set(available)):
+        warnings.warn(f"tracker '{missing}' is not installed; logging without it", stacklevel=2)
+    return available
 
 
-def _prepare_tokenizer(cfg: Config, captions: list[str], run_dir: Path, accelerator: Accelerator) -> Config:
-    """Train a SentencePiece tokenizer on the training captions when the config asks for one without a path."""
+def _prepare_tokenizer(cfg: Config, captions: list[str], run_dir: Path, accelerator: Accelerator,
+                       resuming: bool) -> Config:
+    """Train a SentencePiece tokenizer on the training captions when the config asks for one without a path;
+    a resumed run keeps the one it was trained with."""
     tok = cfg.model.tokenizer
     if tok.type != "sentencepiece" or tok.path is not None:
         return cfg
     target = run_dir / "tokenizer"
-    if accelerator.is_main_process and not target.is_dir():
+    if accelerator.is_main_process and not (resuming and target.is_dir()):
         train_sentencepiece(captions, tok.vocab_size, target)
     accelerator.wait_for_everyone()
     return dataclasses.replace(cfg, model=dataclasses.replace(
@@ -89,7 +95,7 @@ class Session:
     val_data: CaptionedImages | None
 
 
-def build_session(cfg: Config) -> Session:
+def build_session(cfg: Config, resuming: bool = False) -> Session:
     run_dir = Path(cfg.run_dir)
     accelerator = Accelerator(mixed_precision=mixed_precision(cfg.train.precision),
                               log_with=_trackers(cfg.train.trackers) or None,
@@ -97,7 +103,7 @@ def build_session(cfg: Config) -> Session:
     set_seed(cfg.train.seed)
     train_data = load_captioned(cfg.data.train, "train")
     val_data = load_captioned(cfg.data.val, "val") if cfg.data.val else None
-    cfg = _prepare_tokenizer(cfg, train_data.captions, run_dir, accelerator)
+    cfg = _prepare_tokenizer(cfg, train_data.captions, run_dir, accelerator, resuming)
     model, tokenizer = build_model(cfg.model)
     heads, head_weights = build_heads(cfg.heads, model)
     objective = Objective(model, build_loss(cfg.loss), cfg.loss.weight, heads, head_weights)
@@ -118,8 +124,24 @@ def restore(session: Session, resume: str) -> dict:
     checkpoint = latest_checkpoint(session.run_dir) if resume == "auto" else resolve_checkpoint(resume)
     if checkpoint is None:
         return {"step": 0, "stream_position": 0}
+    _check_resumable(session.cfg, load_config(checkpoint / "config.yaml"), checkpoint)
     return load_checkpoint(checkpoint, session.accelerator, session.objective, session.optimizer,
                            session.scheduler)
+
+
+RESUME_FIXED = ("train.lr", "train.min_lr", "train.warmup_steps", "train.weight_decay", "train.betas", "train.eps",
+                "train.seed", "train.accum_steps", "data.batch_size", "data.train")
+
+
+def _check_resumable(cfg: Config, saved: Config, checkpoint: Path) -> None:
+    """The optimizer, schedule and data stream come back from the checkpoint; a changed setting for them would
+    be silently ignored, so it is an error."""
+    for key in RESUME_FIXED:
+        section, name = key.split(".")
+        now, then = getattr(getattr(cfg, section), name), getattr(getattr(saved, section), name)
+        if now != then:
+            raise ConfigError(f"{key}={now} differs from {then} in {checkpoint}; a resumed run keeps its optimizer, "
+                              "schedule and data stream: start a new run_dir to change it")
 
 
 class Reporter:
@@ -133,9 +155,14 @@ class Reporter:
                              disable=not self.accelerator.is_local_main_process)
         self.window, self.last_step, self.clock = TermWindow(), start_step, time.perf_counter()
 
-    def record(self, step: int, terms: dict) -> None:
+    def record(self, step: int, terms: dict, lr: float) -> None:
         self.window.add(step, terms)
+        self.lr = lr
         self.progress.update(1)
+
+    def restart_clock(self, step: int) -> None:
+        """Throughput counts training only: restart after start-up, evaluation and checkpointing."""
+        self.last_step, self.clock = step, time.perf_counter()
 
     def flush(self, step: int, position: int) -> None:
         """Log the mean terms since the last flush; raises FloatingPointError on a non-finite one."""
@@ -143,7 +170,7 @@ class Reporter:
         values = self.window.flush(lambda t: self.accelerator.reduce(t, "mean"))
         now, per_step = time.perf_counter(), cfg.data.batch_size * self.accelerator.num_processes
         record = {"step": step, "epoch": round(position * per_step / len(self.session.train_data), 4),
-                  "samples": position * per_step, "lr": self.session.scheduler.get_last_lr()[0],
+                  "samples": position * per_step, "lr": self.lr,
                   "samples_per_s": round((step - self.last_step) * per_step * cfg.train.accum_steps
                                          / (now - self.clock), 1), **values}
         self.last_step, self.clock = step, now
@@ -174,7 +201,10 @@ class Reporter:
 
 def train(cfg: Config, resume: str = "none") -> Path:
     """Train per ``cfg``; returns the final checkpoint directory. ``resume``: 'none', 'auto' or a checkpoint."""
-    session = build_session(cfg)
+    if resume == "none" and latest_checkpoint(cfg.run_dir) is not None:
+        raise ConfigError(f"run_dir {cfg.run_dir} already holds checkpoints: continue it with --resume auto, or "
+                          "choose another run_dir")
+    session = build_session(cfg, resuming=resume != "none")
     cfg, accelerator, objective, optimizer = session.cfg, session.accelerator, session.objective, session.optimizer
     state = restore(session, resume)
     if accelerator.is_main_process:
@@ -188,7 +218,7 @@ def train(cfg: Config, resume: str = "none") -> Path:
                                image_transform(session.model.visual, train=cfg.data.augment))
     batches = iter(stream_loader(dataset, stream, session.tokenizer, cfg.data.num_workers))
     reporter = Reporter(session, state["step"])
-
+    reporter.restart_clock(state["step"])
     for step in range(state["step"] + 1, cfg.train.steps + 1):
         micro_batches = [_to_device(next(batches), accelerator.device) for _ in range(cfg.train.accum_steps)]
         position += cfg.train.accum_steps
@@ -196,10 +226,11 @@ def train(cfg: Config, resume: str = "none") -> Path:
         if cfg.train.grad_clip:
             accelerator.clip_grad_norm_(objective.parameters(), cfg.train.grad_clip)
         optimizer.step()
+        lr = session.scheduler.get_last_lr()[0]  # the rate this step used
         session.scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         accelerator.unwrap_model(objective).after_optimizer_step(step)
-        reporter.record(step, terms)
+        reporter.record(step, terms, lr)
 
         last = step == cfg.train.steps
         due_eval = bool(cfg.train.eval_every) and step % cfg.train.eval_every == 0 and not last
@@ -211,7 +242,10 @@ def train(cfg: Config, resume: str = "none") -> Path:
                             cfg, session.tokenizer, cfg.train.keep_checkpoints)
         if due_eval:
             reporter.evaluate(step)
-    reporter.evaluate(cfg.train.steps)
+        if due_eval or due_checkpoint:
+            reporter.restart_clock(step)
+    if state["step"] < cfg.train.steps:  # a finished run resumed again is not evaluated twice
+        reporter.evaluate(cfg.train.steps)
     reporter.close()
     accelerator.end_training()
     return latest_checkpoint(session.run_dir)
