@@ -82,6 +82,14 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
 
 
+def fsync_tree(root: str | Path) -> None:
+    """Flush every file below ``root`` to disk, so that a finished checkpoint survives a power loss too."""
+    for path in Path(root).rglob("*"):
+        if path.is_file():
+            with path.open("rb") as f:
+                os.fsync(f.fileno())
+
+
 def fsync_dir(path: str | Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:

@@ -18,7 +18,7 @@ from safetensors.torch import save_file
 
 from vlp.config import ConfigError, save_config
 from vlp.models.weights import load_into, load_state_dict_file
-from vlp.utils import atomic_write_text, fsync_dir
+from vlp.utils import atomic_write_text, fsync_dir, fsync_tree
 
 STEP_DIR = re.compile(r"^step_(\d{7,})$")
 WEIGHTS = "model.safetensors"
@@ -98,6 +98,7 @@ def save_checkpoint(run_dir: Path, step: int, accelerator, objective, optimizer,
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         state = {"step": step, "stream_position": stream_position, "world_size": accelerator.num_processes}
+        fsync_tree(staging)
         atomic_write_text(staging / STATE, json.dumps(state))
         fsync_dir(staging)
         if final.exists():  # a re-run that reached the same step: the new copy is complete, swap it in
