@@ -10,6 +10,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from vlp.config import ConfigError
+
 FEATURE_KEYS = ("image_features", "text_features")
 
 
@@ -44,6 +46,9 @@ class Objective(nn.Module):
     def __init__(self, model: nn.Module, loss: nn.Module, loss_weight: float = 1.0,
                  heads: nn.ModuleDict | None = None, head_weights: dict[str, float] | None = None):
         super().__init__()
+        if getattr(loss, "needs_logit_bias", False) and getattr(model, "logit_bias", None) is None:
+            raise ConfigError(f"the {type(loss).__name__} needs a learned logit bias: set model.init_logit_bias "
+                              "(e.g. -10)")
         self.model, self.loss, self.loss_weight = model, loss, loss_weight
         self.heads = heads if heads is not None else nn.ModuleDict()
         self.head_weights = head_weights or {}

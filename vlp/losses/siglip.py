@@ -14,6 +14,7 @@ from vlp.losses.distributed import gather_with_grad, rank_and_world
 
 
 class SigLipLoss(nn.Module):
+    needs_logit_bias = True
     def forward(self, image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor,
                 logit_bias: torch.Tensor | None = None, **_: torch.Tensor) -> dict[str, torch.Tensor]:
         if logit_bias is None:
