@@ -1,10 +1,10 @@
 """Load a trained model for use: ``m = vlp.load(run_dir_or_checkpoint)``, then ``m.embed_images`` /
-``m.embed_texts``."""
+``m.embed_texts`` / ``m.classify``."""
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from PIL import Image
@@ -13,6 +13,7 @@ from vlp.config import load_config
 from vlp.data.transforms import image_transform
 from vlp.models import DualEncoder, Tokenizer, build_model
 from vlp.train.checkpoint import load_weights, resolve_checkpoint
+from vlp.zeroshot import ClassifierCache
 
 
 class LoadedModel:
@@ -22,6 +23,7 @@ class LoadedModel:
         self.model, self.tokenizer, self.config, self.device = model.eval().to(device), tokenizer, config, device
         self.checkpoint = checkpoint
         self.preprocess = image_transform(model.visual)
+        self.classifiers = ClassifierCache()  # label embeddings, reused across classify calls
 
     def _as_image(self, image) -> Image.Image:
         if isinstance(image, (str, Path)):
@@ -32,13 +34,28 @@ class LoadedModel:
                 raise ValueError(f"cannot read image {image}: {err}") from None
         return image
 
+    def _pixels(self, image) -> torch.Tensor:
+        """One image (PIL, path, or an already preprocessed [3, H, W] tensor) -> [3, H, W]."""
+        return image if isinstance(image, torch.Tensor) else self.preprocess(self._as_image(image))
+
+    @staticmethod
+    def _image_list(images) -> list:
+        """A single image, a tensor batch [N, 3, H, W], or a list of any of them -> a flat list of images."""
+        if isinstance(images, torch.Tensor):
+            return list(images) if images.ndim == 4 else [images]
+        if isinstance(images, (str, Path, Image.Image)):
+            return [images]
+        return [item for entry in images for item in LoadedModel._image_list(entry)]
+
     @torch.no_grad()
-    def embed_images(self, images: Sequence, batch_size: int = 64) -> torch.Tensor:
-        """PIL images or paths -> L2-normalized float32 embeddings [N, D] on the CPU."""
+    def embed_images(self, images, batch_size: int = 64) -> torch.Tensor:
+        """PIL images, paths or preprocessed tensors (one, a [N, 3, H, W] batch, or a list of any of them) ->
+        L2-normalized float32 embeddings [N, D] on the CPU."""
+        images = self._image_list(images)
         out = []
         for start in range(0, len(images), batch_size):
-            chunk = [self.preprocess(self._as_image(img)) for img in images[start:start + batch_size]]
-            out.append(self.model.encode_image(torch.stack(chunk).to(self.device)).float().cpu())
+            chunk = torch.stack([self._pixels(img) for img in images[start:start + batch_size]])
+            out.append(self.model.encode_image(chunk.to(self.device)).float().cpu())
         return torch.cat(out) if out else torch.empty(0, self.config.model.embed_dim)
 
     @torch.no_grad()
@@ -48,6 +65,29 @@ class LoadedModel:
         out = [self.model.encode_text(self.tokenizer(texts[i:i + batch_size]).to(self.device)).float().cpu()
                for i in range(0, len(texts), batch_size)]
         return torch.cat(out) if out else torch.empty(0, self.config.model.embed_dim)
+
+    def zero_shot_classifier(self, labels: Sequence[str], templates=None):
+        """The cached prompt-ensembled ``vlp.zeroshot.ZeroShotClassifier`` for ``labels`` × ``templates``."""
+        labels = [label.strip() for label in labels.split(",")] if isinstance(labels, str) else list(labels)
+        return self.classifiers.get(self.embed_texts, labels, templates)
+
+    @torch.no_grad()
+    def classify(self, images, labels: Sequence[str], templates=None, top_k: int = 5, batch_size: int = 64,
+                 autoclip: bool = False) -> list[list[tuple[str, float]]]:
+        """Zero-shot classification (CLIP prompt ensembling, optionally AutoCLIP template weighting).
+
+        ``images``: as for ``embed_images``. ``labels``: class names, or one comma-separated string.
+        ``templates``: a set name ('openai_imagenet', the default, or 'simple'), or strings with ``{}`` /
+        callables. Returns per image its ``top_k`` (label, probability) pairs, most probable first, where the
+        probabilities are softmax(logit scale × cosine similarity) over all labels. A SigLIP bias is left
+        out: adding it to every logit leaves the softmax unchanged.
+        """
+        classifier = self.zero_shot_classifier(labels, templates)
+        features = self.embed_images(images, batch_size)
+        logits = classifier.logits(features, self.model.scale().item(), autoclip=autoclip)
+        top = logits.softmax(dim=-1).topk(min(top_k, len(classifier.labels)), dim=-1)
+        return [[(classifier.labels[i], p) for p, i in zip(probs.tolist(), idx.tolist())]
+                for probs, idx in zip(top.values, top.indices)]
 
 
 def load(path: str | Path, device: str | torch.device | None = None) -> LoadedModel:
