@@ -1,5 +1,5 @@
 """Load a trained model for use: ``m = vlp.load(run_dir_or_checkpoint)``, then ``m.embed_images`` /
-``m.embed_texts`` / ``m.classify``."""
+``m.embed_texts`` / ``m.classify`` / ``m.search``."""
 from __future__ import annotations
 
 import dataclasses
@@ -13,6 +13,7 @@ from vlp.config import load_config
 from vlp.data.transforms import image_transform
 from vlp.models import DualEncoder, Tokenizer, build_model
 from vlp.train.checkpoint import load_weights, resolve_checkpoint
+from vlp.search import open_gallery
 from vlp.zeroshot import ClassifierCache
 
 
@@ -88,6 +89,15 @@ class LoadedModel:
         top = logits.softmax(dim=-1).topk(min(top_k, len(classifier.labels)), dim=-1)
         return [[(classifier.labels[i], p) for p, i in zip(probs.tolist(), idx.tolist())]
                 for probs, idx in zip(top.values, top.indices)]
+
+    def search(self, query, gallery, top_k: int = 5) -> list[tuple[str, float]]:
+        """Search an image gallery: a ``str`` query is text (text→image); a ``Path``, PIL image or preprocessed
+        tensor is an image (image→image). ``gallery``: a ``vlp.search.ImageIndex``, an index directory, or a
+        folder of images (indexed now; build one with ``vlp.search.build_index`` to reuse it). Returns the
+        ``top_k`` (image path, cosine similarity) pairs, best first."""
+        index = open_gallery(gallery, self)
+        features = self.embed_texts([query]) if isinstance(query, str) else self.embed_images(query)
+        return index.search(features[:1], top_k)[0]
 
 
 def load(path: str | Path, device: str | torch.device | None = None) -> LoadedModel:

@@ -1,10 +1,12 @@
-"""The ``vlp`` command line: train, export, tokenizer."""
+"""The ``vlp`` command line: train, export, tokenizer, eval, classify, search, index."""
 from __future__ import annotations
 
 import argparse
 import os
 import sys
 
+from vlp.commands.evaluate import add_eval_parser
+from vlp.commands.search import add_commands as add_search_commands
 from vlp.config import ConfigError
 
 
@@ -59,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     tok_train.add_argument("--vocab-size", type=int, default=1024)
     tok_train.add_argument("--output", required=True, help="HF tokenizer directory to write")
     tok_train.set_defaults(func=_tokenizer_train)
+    add_search_commands(commands)
+    add_eval_parser(commands)
     return parser
 
 

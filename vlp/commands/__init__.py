@@ -1,0 +1,1 @@
+"""Sub-commands of the ``vlp`` CLI, each registering its own parser; implementations are imported on use."""
