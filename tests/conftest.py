@@ -22,3 +22,13 @@ def tiny_config(tmp_path: Path, *overrides: str, name: str = "tiny.yaml"):
 @pytest.fixture
 def tiny(tmp_path):
     return lambda *overrides, name="tiny.yaml": tiny_config(tmp_path, *overrides, name=name)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """A tiny model trained for 2 steps, for tests that only need some trained run directory."""
+    from vlp.train.loop import train
+
+    tmp = tmp_path_factory.mktemp("tiny_run")
+    train(tiny_config(tmp, "train.steps=2", "data.val=null", "data.batch_size=8"))
+    return tmp / "run"

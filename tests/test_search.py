@@ -10,24 +10,20 @@ from vlp.cli import main
 from vlp.config import ConfigError
 from vlp.data import load_default
 from vlp.search import ImageIndex, build_index
-from vlp.train.loop import train
 
-from conftest import tiny_config
 
 N_IMAGES = 40
 QUERIES = ["a photo of a dress", "a photo of a sneaker", "a bag", "trouser"]
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("search")
-    train(tiny_config(tmp, "train.steps=2", "data.val=null", "data.batch_size=8"))
-    return tmp / "run"
+def run(tiny_run):
+    return tiny_run
 
 
 @pytest.fixture(scope="module")
-def loaded(run):
-    return vlp.load(run, device="cpu")
+def loaded(tiny_run):
+    return vlp.load(tiny_run, device="cpu")
 
 
 @pytest.fixture(scope="module")

@@ -8,24 +8,20 @@ from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES, SIMPLE_IMAGE
 import vlp
 from vlp.data import load_default
 from vlp.export.open_clip import export_open_clip
-from vlp.train.loop import train
 from vlp.zeroshot import build_classifier, resolve_templates, template_set
 
-from conftest import tiny_config
 
 LABELS = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot"]
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("zs")
-    train(tiny_config(tmp, "train.steps=2", "data.val=null", "data.batch_size=8"))
-    return tmp / "run"
+def run(tiny_run):
+    return tiny_run
 
 
 @pytest.fixture(scope="module")
-def loaded(run):
-    return vlp.load(run, device="cpu")
+def loaded(tiny_run):
+    return vlp.load(tiny_run, device="cpu")
 
 
 @pytest.fixture(scope="module")
