@@ -17,11 +17,6 @@ QUERIES = ["a photo of a dress", "a photo of a sneaker", "a bag", "trouser"]
 
 
 @pytest.fixture(scope="module")
-def run(tiny_run):
-    return tiny_run
-
-
-@pytest.fixture(scope="module")
 def loaded(tiny_run):
     return vlp.load(tiny_run, device="cpu")
 
@@ -115,26 +110,26 @@ def test_dim_mismatch_is_one_line(loaded, exact):
     assert "\n" not in str(err.value) and f"dim {exact.dim + 1}" in str(err.value)
 
 
-def test_cli_index_build_search_classify(run, gallery, tmp_path, capsys, loaded, exact):
+def test_cli_index_build_search_classify(tiny_run, gallery, tmp_path, capsys, loaded, exact):
     out = tmp_path / "idx"
-    assert main(["index", "build", "--model", str(run), "--images", str(gallery), "--output", str(out)]) == 0
+    assert main(["index", "build", "--model", str(tiny_run), "--images", str(gallery), "--output", str(out)]) == 0
     assert f"({N_IMAGES} images indexed, 1 skipped; exact" in capsys.readouterr().out
 
-    assert main(["search", "--model", str(run), "--gallery", str(out), "--text", QUERIES[0], "--top-k", "3"]) == 0
+    assert main(["search", "--model", str(tiny_run), "--gallery", str(out), "--text", QUERIES[0], "--top-k", "3"]) == 0
     lines = capsys.readouterr().out.splitlines()
     expected = brute_force(loaded, exact, QUERIES[:1], 3)[0]
     assert lines[0].split() == ["rank", "score", "image"] and len(lines) == 4
     assert [line.split()[2] for line in lines[1:]] == [p for p, _ in expected]
 
     saved = tmp_path / "from_folder"
-    assert main(["search", "--model", str(run), "--gallery", str(gallery), "--image", exact.paths[0],
+    assert main(["search", "--model", str(tiny_run), "--gallery", str(gallery), "--image", exact.paths[0],
                  "--save-index", str(saved)]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[1].split()[2] == exact.paths[0] and lines[-1].startswith(f"index: {saved}")
     assert ImageIndex.load(saved).paths == exact.paths
 
     images = exact.paths[:2]
-    assert main(["classify", *images, "--labels", "dress, bag,sneaker", "--model", str(run),
+    assert main(["classify", *images, "--labels", "dress, bag,sneaker", "--model", str(tiny_run),
                  "--templates", "simple", "--top-k", "2"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("image") and len(lines) == 3
@@ -143,16 +138,16 @@ def test_cli_index_build_search_classify(run, gallery, tmp_path, capsys, loaded,
         assert line.split() == [path] + [cell for label, p in top for cell in (label, f"{p:.3f}")]
 
 
-def test_cli_errors_are_one_line(run, gallery, tmp_path, capsys, exact):
+def test_cli_errors_are_one_line(tiny_run, gallery, tmp_path, capsys, exact):
     out = exact.save(tmp_path / "idx")
     other = dataclasses.replace(ImageIndex.load(out), dim=exact.dim + 1)
     other.save(out)
-    assert main(["search", "--model", str(run), "--gallery", str(out), "--text", "a dress"]) == 2
+    assert main(["search", "--model", str(tiny_run), "--gallery", str(out), "--text", "a dress"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("vlp search: error: index embedding dim") and err.count("\n") == 1
-    assert main(["classify", str(gallery / "corrupt.jpg"), "--labels", "a,b", "--model", str(run)]) == 2
+    assert main(["classify", str(gallery / "corrupt.jpg"), "--labels", "a,b", "--model", str(tiny_run)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("vlp classify: error: cannot read image") and err.count("\n") == 1
-    assert main(["index", "build", "--model", str(run), "--images", str(tmp_path / "none"), "--output",
+    assert main(["index", "build", "--model", str(tiny_run), "--images", str(tmp_path / "none"), "--output",
                  str(tmp_path / "x")]) == 1
     assert capsys.readouterr().err.startswith("vlp index: error: image folder not found")

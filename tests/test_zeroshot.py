@@ -15,11 +15,6 @@ LABELS = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", 
 
 
 @pytest.fixture(scope="module")
-def run(tiny_run):
-    return tiny_run
-
-
-@pytest.fixture(scope="module")
 def loaded(tiny_run):
     return vlp.load(tiny_run, device="cpu")
 
@@ -40,8 +35,8 @@ def test_template_sets_are_open_clips():
 
 
 @pytest.mark.parametrize("templates", ["openai_imagenet", "simple", ["a photo of a {}.", "a {} made of cloth."]])
-def test_classifier_and_top1_equal_open_clips_on_an_exported_model(run, loaded, val_images, tmp_path, templates):
-    out = export_open_clip(run, tmp_path / "exported")
+def test_classifier_and_top1_equal_open_clips_on_an_exported_model(tiny_run, loaded, val_images, tmp_path, templates):
+    out = export_open_clip(tiny_run, tmp_path / "exported")
     model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{out}")
     tokenizer = open_clip.get_tokenizer(f"local-dir:{out}")
     model.eval()
@@ -87,8 +82,8 @@ def assert_same(got, expected):
                           torch.tensor([[p for _, p in top] for top in expected]), atol=1e-5)
 
 
-def test_a_second_classify_with_the_same_labels_encodes_no_text(run, val_images, monkeypatch):
-    loaded = vlp.load(run, device="cpu")
+def test_a_second_classify_with_the_same_labels_encodes_no_text(tiny_run, val_images, monkeypatch):
+    loaded = vlp.load(tiny_run, device="cpu")
     calls = []
     encode_text = loaded.model.encode_text
     monkeypatch.setattr(loaded.model, "encode_text", lambda *a, **k: calls.append(1) or encode_text(*a, **k))
