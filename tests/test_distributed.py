@@ -18,7 +18,9 @@ import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 
-from vlp.data.stream import SampleStream
+from vlp.config import SourceConfig
+from vlp.data.sources import build_source
+from vlp.data.stream import SlotStream
 from vlp.models.tokenizers import train_sentencepiece
 from vlp.objective import FEATURE_KEYS
 from vlp.train.accumulation import accumulate_gradients
@@ -175,15 +177,19 @@ def test_gradient_caching_replays_patch_dropout(tokenizer_dir, accelerator):
 
 
 @pytest.mark.parametrize("num_samples", [10, 1000])
-def test_ranks_split_the_single_process_micro_batches(num_samples):
-    """Rank r of W gets slice r of each global micro-batch: together the ranks' micro-batch i is, sample for
-    sample and augmentation seed for seed, micro-batch i of one process with a W times larger batch (also across
-    epoch boundaries, which 10 samples cross)."""
-    one = SampleStream(num_samples, 8, seed=3)
-    ranks = [SampleStream(num_samples, 4, seed=3, rank=rank, world_size=2) for rank in range(2)]
-    for index in range(6):
-        assert ranks[0].micro_batch(index) + ranks[1].micro_batch(index) == one.micro_batch(index)
-    assert ranks[0].micro_batch(0) != ranks[1].micro_batch(0)
+def test_ranks_split_the_single_process_samples(num_samples):
+    """Rank r of W takes every W-th global position: together the ranks' first draws are, sample for sample and
+    augmentation seed for seed, the first draws of one process (also across epoch boundaries, which 10 samples
+    cross), so W processes of batch B see the samples of one process of batch W*B."""
+    source = build_source(SourceConfig("default"))
+    def draws(rank, world, count):
+        stream = SlotStream([source], [1.0], seed=3, slot=rank, slots=world, shuffle_buffer=1)
+        stream.cursors[0].size = num_samples
+        return [(raw.key, seed) for raw, seed in (stream.next() for _ in range(count))]
+    one = draws(0, 1, 24)
+    ranks = [draws(rank, 2, 12) for rank in range(2)]
+    assert sorted(ranks[0] + ranks[1]) == sorted(one)
+    assert ranks[0][:4] != ranks[1][:4]
 
 
 @pytest.mark.slow

@@ -67,6 +67,7 @@ def test_run_directory_has_config_metrics_checkpoint_and_curve(tiny):
     assert {"model.safetensors", "optimizer.pt", "scheduler.pt", "rng_rank0.pt", "state.json", "config.yaml",
             "tokenizer"} <= {p.name for p in final.iterdir()}
     assert json.loads((final / "state.json").read_text()) == {"step": 12, "stream_position": 12, "world_size": 1}
+    assert json.loads((final / "data_rank0.json").read_text())["batches"] == 12
     logged = records(run)
     assert [r["step"] for r in logged if "loss" in r] == list(range(1, 13))
     evals = [r for r in logged if "eval/zeroshot_top1" in r]

@@ -8,6 +8,7 @@ import sys
 from vlp.commands.evaluate import add_eval_parser
 from vlp.commands.search import add_commands as add_search_commands
 from vlp.config import ConfigError
+from vlp.data.decode import DataError
 
 
 def _train(args: argparse.Namespace) -> None:
@@ -30,10 +31,10 @@ def _export(args: argparse.Namespace) -> None:
 
 
 def _tokenizer_train(args: argparse.Namespace) -> None:
-    from vlp.data import load_captioned
+    from vlp.data import read_captions
     from vlp.models.tokenizers import train_sentencepiece
 
-    captions = load_captioned(args.data, "train").captions
+    captions = read_captions(args.data)
     out = train_sentencepiece(captions, args.vocab_size, args.output)
     print(f"tokenizer: {out} (trained on {len(captions)} captions)")
 
@@ -66,12 +67,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def one_line(err: Exception) -> str:
+    """The error's own message; one raised in a dataloader worker arrives wrapped with the worker's traceback."""
+    text = str(err).strip()
+    if "Original Traceback" in text:
+        text = text.splitlines()[-1].split(": ", 1)[-1]
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (ConfigError, FloatingPointError, FileNotFoundError, FileExistsError) as err:
-        print(f"vlp {args.command}: error: {err}", file=sys.stderr)
+    except (ConfigError, DataError, FloatingPointError, FileNotFoundError, FileExistsError) as err:
+        print(f"vlp {args.command}: error: {one_line(err)}", file=sys.stderr)
         return 2 if isinstance(err, ConfigError) else 1
     except KeyboardInterrupt:
         print(f"vlp {args.command}: interrupted", file=sys.stderr)

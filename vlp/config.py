@@ -77,12 +77,62 @@ class LossConfig:
 
 
 @dataclass
+class SourceConfig:
+    """One dataset; ``data.train`` / ``data.val`` hold a path (one source) or a list of these (mixed by weight)."""
+
+    path: str = "default"  # 'default' (embedded), tar shards ('/d/{00000..00099}.tar'), manifest, HF dir, folder
+    type: str | None = None  # a key of vlp.data.sources.SOURCES; None infers it from the path
+    weight: float = 1.0  # sampling weight when several sources are mixed
+    image_field: str | None = None  # tar extensions 'jpg;png;webp', or the manifest / HF image column
+    caption_fields: list[str] | None = None  # e.g. [txt, json.recaptions]; None: the format's usual field
+    split: str = "train"  # the split of an HF DatasetDict
+    templates: list[str] | None = None  # class folders: captions made from class names
+
+
+@dataclass
+class CaptionConfig:
+    policy: str = "sample"  # 'sample': one caption per image per step; 'all': every caption, as positives
+    weights: dict = field(default_factory=dict)  # caption field -> probability (policy=sample); {} = uniform
+    max_per_image: int = 4  # policy=all: captions kept per image
+    max_chars: int = 4096  # a longer caption is skipped as garbage
+
+
+@dataclass
+class AugmentConfig:
+    enabled: bool = True  # false: the eval transform (resize + center crop)
+    scale: list[float] = field(default_factory=lambda: [0.6, 1.0])  # RandomResizedCrop area range
+    ratio: list[float] = field(default_factory=lambda: [0.75, 1.3333])
+    hflip: float = 0.0  # probabilities / strengths; 0 turns each off
+    color_jitter: float = 0.0
+    grayscale: float = 0.0
+
+
+@dataclass
+class ViewsConfig:
+    """Extra views for the self-supervised heads, emitted as named batch fields."""
+
+    global_crops: int = 0
+    global_scale: list[float] = field(default_factory=lambda: [0.4, 1.0])
+    local_crops: int = 0
+    local_size: int = 96
+    local_scale: list[float] = field(default_factory=lambda: [0.05, 0.4])
+    mask: str = "none"  # MIM masks over the image patches: none | random | block
+    mask_ratio: list[float] = field(default_factory=lambda: [0.1, 0.5])  # drawn per image
+
+
+@dataclass
 class DataConfig:
-    train: str = "default"  # 'default' is the embedded Fashion-MNIST set
-    val: str | None = "default"
+    train: Any = "default"  # a source path, or a list of sources (see SourceConfig)
+    val: Any = "default"  # the same, or null; evaluated on up to val_samples good samples
+    val_samples: int = 2000
     batch_size: int = 256  # per device, per micro-batch
     num_workers: int = 0
-    augment: bool = True
+    shuffle_buffer: int = 10000  # samples; tar shards only (indexed data is permuted exactly)
+    max_pixels: int = 64_000_000  # larger images are skipped before they are decoded
+    fast_decode: bool = True  # JPEGs decode at reduced scale when the crop cannot use the full resolution
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    captions: CaptionConfig = field(default_factory=CaptionConfig)
+    views: ViewsConfig = field(default_factory=ViewsConfig)
 
 
 @dataclass
@@ -206,20 +256,57 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
 TRACKERS = ("tensorboard", "wandb")
 
 
+def source_configs(value: Any, key: str = "data.train") -> list[SourceConfig]:
+    """``data.train`` / ``data.val`` as sources: a path string, or a list of paths and source mappings."""
+    items = value if isinstance(value, list) else [value]
+    if not items:
+        raise ConfigError(f"config key '{key}' lists no sources")
+    sources = []
+    for i, item in enumerate(items):
+        where = f"{key}[{i}]." if isinstance(value, list) else f"{key}."
+        if isinstance(item, str):
+            sources.append(SourceConfig(path=item))
+        elif isinstance(item, dict):
+            sources.append(from_dict(SourceConfig, item, where))
+        else:
+            raise ConfigError(f"config key '{key}' expects a path or a list of sources, got {item!r}")
+        if sources[-1].weight <= 0:
+            raise ConfigError(f"config key '{where}weight' must be positive, got {sources[-1].weight}")
+    return sources
+
+
 def validate(config: Config) -> Config:
     """Reject values that type-check but cannot work, naming the key."""
     at_least_one = {"train.steps": config.train.steps, "train.log_every": config.train.log_every,
                     "train.checkpoint_every": config.train.checkpoint_every,
-                    "train.accum_steps": config.train.accum_steps, "data.batch_size": config.data.batch_size}
+                    "train.accum_steps": config.train.accum_steps, "data.batch_size": config.data.batch_size,
+                    "data.val_samples": config.data.val_samples, "data.max_pixels": config.data.max_pixels,
+                    "data.captions.max_per_image": config.data.captions.max_per_image,
+                    "data.captions.max_chars": config.data.captions.max_chars}
     at_least_zero = {"train.eval_every": config.train.eval_every, "train.warmup_steps": config.train.warmup_steps,
                      "train.keep_checkpoints": config.train.keep_checkpoints,
-                     "data.num_workers": config.data.num_workers}
+                     "data.num_workers": config.data.num_workers, "data.shuffle_buffer": config.data.shuffle_buffer,
+                     "data.views.global_crops": config.data.views.global_crops,
+                     "data.views.local_crops": config.data.views.local_crops}
     for key, value in at_least_one.items():
         if value < 1:
             raise ConfigError(f"config key '{key}' must be at least 1, got {value}")
     for key, value in at_least_zero.items():
         if value < 0:
             raise ConfigError(f"config key '{key}' must be at least 0, got {value}")
+    source_configs(config.data.train, "data.train")
+    if config.data.val is not None:
+        source_configs(config.data.val, "data.val")
+    if config.data.captions.policy not in ("sample", "all"):
+        raise ConfigError(f"unknown data.captions.policy '{config.data.captions.policy}'; valid: sample, all")
+    if config.data.views.mask not in ("none", "random", "block"):
+        raise ConfigError(f"unknown data.views.mask '{config.data.views.mask}'; valid: none, random, block")
+    for key, pair in (("data.augment.scale", config.data.augment.scale), ("data.augment.ratio", config.data.augment.ratio),
+                      ("data.views.global_scale", config.data.views.global_scale),
+                      ("data.views.local_scale", config.data.views.local_scale),
+                      ("data.views.mask_ratio", config.data.views.mask_ratio)):
+        if len(pair) != 2 or not 0 < pair[0] <= pair[1]:
+            raise ConfigError(f"config key '{key}' must be [low, high] with 0 < low <= high, got {pair}")
     unknown = [name for name in config.train.trackers if name not in TRACKERS]
     if unknown:
         raise ConfigError(f"unknown tracker(s) {unknown} in train.trackers; valid: {', '.join(TRACKERS)}")

@@ -36,17 +36,18 @@ TRAIN_TEMPLATES = (
 
 @dataclass
 class CaptionedImages:
-    images: np.ndarray  # uint8 [N, 28, 28]
-    labels: np.ndarray  # int64 [N]
+    images: np.ndarray | list  # uint8 [N, H, W] grey images, or a list of RGB PIL images
+    labels: np.ndarray | None  # int64 [N], when the images have classes
     captions: list[str]
     class_names: list[str] | None = None  # when labels index a list of class names, for zero-shot evaluation
     templates: list[str] | None = None
 
     def __len__(self) -> int:
-        return len(self.labels)
+        return len(self.images)
 
     def pil(self, index: int) -> Image.Image:
-        return Image.fromarray(self.images[index], mode="L")
+        image = self.images[index]
+        return image if isinstance(image, Image.Image) else Image.fromarray(image, mode="L")
 
 
 def attributes(image: np.ndarray, label: int) -> tuple[str, str]:

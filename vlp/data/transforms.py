@@ -1,8 +1,20 @@
-"""Image preprocessing that follows the image tower's own size, mean, std and interpolation."""
+"""Image preprocessing that follows the image tower's own size, mean, std and interpolation.
+
+Inference (:func:`image_transform`) returns normalized float tensors, as OpenCLIP's preprocess does. Training
+views (:class:`TrainViews`) stop at uint8 tensors: workers then ship a quarter of the bytes, and
+:class:`DeviceNormalize` scales and normalizes whole batches on the accelerator.
+"""
 from __future__ import annotations
+
+import math
 
 import torch
 from torchvision.transforms import v2 as T
+
+from vlp.config import AugmentConfig, ViewsConfig
+from vlp.data.masks import MASKS
+
+IMAGE_FIELDS = ("images", "global_crops", "local_crops")
 
 
 def _interpolation(name: str) -> T.InterpolationMode:
@@ -26,3 +38,76 @@ def image_transform(visual, train: bool = False, crop_scale: tuple[float, float]
         T.ToDtype(torch.float32, scale=True),
         T.Normalize(mean=list(visual.mean), std=list(visual.std)),
     ])
+
+
+def crop_transform(size: int, interpolation: str, augment: AugmentConfig, scale: list[float] | None = None):
+    """RGB PIL image -> uint8 tensor [3, size, size]: a random resized crop plus the configured augmentations,
+    or, with augmentation off, resize and center crop."""
+    interp = _interpolation(interpolation)
+    if not augment.enabled:
+        return T.Compose([T.Resize(size, interpolation=interp, antialias=True), T.CenterCrop(size), T.PILToTensor()])
+    steps = [T.RandomResizedCrop(size, scale=tuple(scale or augment.scale), ratio=tuple(augment.ratio),
+                                 interpolation=interp, antialias=True)]
+    if augment.hflip:
+        steps.append(T.RandomHorizontalFlip(augment.hflip))
+    if augment.color_jitter:
+        strength = augment.color_jitter
+        steps.append(T.ColorJitter(brightness=strength, contrast=strength, saturation=strength,
+                                   hue=min(strength / 4, 0.5)))
+    if augment.grayscale:
+        steps.append(T.RandomGrayscale(augment.grayscale))
+    return T.Compose([*steps, T.PILToTensor()])
+
+
+def smallest_useful_size(size: int, augment: AugmentConfig, scale: list[float]) -> int:
+    """The smallest decoded side that still gives a crop of ``size`` pixels without upsampling."""
+    if not augment.enabled:
+        return size
+    return math.ceil(size * math.sqrt(max(augment.ratio)) / math.sqrt(scale[0]))
+
+
+class TrainViews:
+    """A decoded RGB image -> the batch fields: ``images``, and with views configured ``global_crops``,
+    ``local_crops`` and ``mim_mask`` (True = masked patch, on the ``images`` view's patch grid)."""
+
+    def __init__(self, visual, augment: AugmentConfig, views: ViewsConfig):
+        size, interp = visual.image_size, visual.interpolation
+        self.main = crop_transform(size, interp, augment)
+        self.global_crop = crop_transform(size, interp, augment, views.global_scale)
+        self.local_crop = crop_transform(views.local_size, interp, augment, views.local_scale)
+        self.views = views
+        self.mask = None
+        if views.mask != "none":
+            if not getattr(visual, "patch_size", None):
+                raise ValueError("data.views.mask needs a ViT image tower (one with a patch size)")
+            self.mask = MASKS.get(views.mask)(size // visual.patch_size, views.mask_ratio)
+        needs = [smallest_useful_size(size, augment, augment.scale)]
+        if views.global_crops:
+            needs.append(smallest_useful_size(size, augment, views.global_scale))
+        if views.local_crops:
+            needs.append(smallest_useful_size(views.local_size, augment, views.local_scale))
+        self.decode_size = max(needs)  # JPEG draft decoding may shrink images down to this, not below
+
+    def __call__(self, image, generator: torch.Generator) -> dict:
+        fields = {"images": self.main(image)}
+        if self.views.global_crops:
+            fields["global_crops"] = torch.stack([self.global_crop(image) for _ in range(self.views.global_crops)])
+        if self.views.local_crops:
+            fields["local_crops"] = torch.stack([self.local_crop(image) for _ in range(self.views.local_crops)])
+        if self.mask is not None:
+            fields["mim_mask"] = self.mask(generator)
+        return fields
+
+
+class DeviceNormalize:
+    """uint8 image fields of a batch on the device -> float, scaled to [0, 1] and normalized."""
+
+    def __init__(self, mean, std, device: torch.device):
+        self.mean = torch.tensor(mean, device=device).view(3, 1, 1) * 255
+        self.std = torch.tensor(std, device=device).view(3, 1, 1) * 255
+
+    def __call__(self, batch: dict) -> dict:
+        for name in IMAGE_FIELDS:
+            if name in batch and batch[name].dtype == torch.uint8:
+                batch[name] = (batch[name].float() - self.mean) / self.std
+        return batch

@@ -99,6 +99,7 @@ class TimmTower(nn.Module):
             drop=nn.Dropout(0.0), proj=nn.Linear(self.trunk.num_features, embed_dim, bias=cfg.proj_bias)))
         data_cfg = timm.data.resolve_data_config(model=self.trunk)
         self.image_size = cfg.image_size
+        self.patch_size = patch_embed.patch_size[0] if hasattr(patch_embed, "patch_size") else None  # MIM masks
         self.mean = tuple(cfg.mean or data_cfg["mean"])
         self.std = tuple(cfg.std or data_cfg["std"])
         self.interpolation = _interpolation(cfg.interpolation or data_cfg.get("interpolation", "bicubic"))
@@ -161,6 +162,7 @@ class OpenClipViTTower(nn.Module):
         if cfg.pretrained:
             load_into(self.visual, _vision_state(load_state_dict_file(cfg.pretrained)), cfg.pretrained)
         self.image_size = cfg.image_size
+        self.patch_size = self.vision_cfg.get("patch_size", CLIPVisionCfg.patch_size)
         self.mean = tuple(cfg.mean or getattr(self.visual, "image_mean", None) or (0.48145466, 0.4578275, 0.40821073))
         self.std = tuple(cfg.std or getattr(self.visual, "image_std", None) or (0.26862954, 0.26130258, 0.27577711))
         self.interpolation = _interpolation(cfg.interpolation or "bicubic")

@@ -75,7 +75,7 @@ def _contiguous_copy(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
 
 
-def save_checkpoint(run_dir: Path, step: int, accelerator, objective, optimizer, scheduler, stream_position: int,
+def save_checkpoint(run_dir: Path, step: int, accelerator, objective, optimizer, scheduler, data_state: dict,
                     config, tokenizer, keep: int) -> Path:
     """Every process calls this (it synchronizes); the main process writes the shared files."""
     root = run_dir / "checkpoints"
@@ -88,6 +88,7 @@ def save_checkpoint(run_dir: Path, step: int, accelerator, objective, optimizer,
         staging.mkdir(parents=True)
     accelerator.wait_for_everyone()
     torch.save(_rng_state(), staging / f"rng_rank{accelerator.process_index}.pt")
+    atomic_write_text(staging / f"data_rank{accelerator.process_index}.json", json.dumps(data_state))
     if accelerator.is_main_process:
         save_file(_contiguous_copy(weights), str(staging / WEIGHTS))
         torch.save(optimizer.state_dict(), staging / "optimizer.pt")
@@ -97,7 +98,7 @@ def save_checkpoint(run_dir: Path, step: int, accelerator, objective, optimizer,
             tokenizer.save_pretrained(staging / "tokenizer")
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        state = {"step": step, "stream_position": stream_position, "world_size": accelerator.num_processes}
+        state = {"step": step, "stream_position": data_state["batches"], "world_size": accelerator.num_processes}
         fsync_tree(staging)
         atomic_write_text(staging / STATE, json.dumps(state))
         fsync_dir(staging)
@@ -134,4 +135,5 @@ def load_checkpoint(path: Path, accelerator, objective, optimizer, scheduler) ->
     optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True))
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
     _set_rng_state(torch.load(path / f"rng_rank{accelerator.process_index}.pt", weights_only=True))
+    state["data"] = json.loads((path / f"data_rank{accelerator.process_index}.json").read_text())
     return state

@@ -16,9 +16,10 @@ from accelerate.utils import ProjectConfiguration, set_seed
 from tqdm.auto import tqdm
 
 from vlp.config import Config, ConfigError, load_config, save_config, to_dict
-from vlp.data import CaptionedImages, load_captioned
-from vlp.data.stream import ImageTextDataset, SampleStream, stream_loader
-from vlp.data.transforms import image_transform
+from vlp.data import (BAD_REASONS, CaptionedImages, StreamPosition, build_train_stream, dataset_size,
+                      load_eval_set, open_sources, read_captions)
+from vlp.data.stream import stream_loader
+from vlp.data.transforms import DeviceNormalize, image_transform
 from vlp.eval import evaluate
 from vlp.heads import build_heads
 from vlp.losses import build_loss
@@ -54,8 +55,7 @@ def _trackers(names: list[str]) -> list[str]:
     return available
 
 
-def _prepare_tokenizer(cfg: Config, captions: list[str], run_dir: Path, accelerator: Accelerator,
-                       resuming: bool) -> Config:
+def _prepare_tokenizer(cfg: Config, run_dir: Path, accelerator: Accelerator, resuming: bool) -> Config:
     """Train a SentencePiece tokenizer on the training captions when the config asks for one without a path;
     a resumed run keeps the one it was trained with."""
     tok = cfg.model.tokenizer
@@ -63,7 +63,7 @@ def _prepare_tokenizer(cfg: Config, captions: list[str], run_dir: Path, accelera
         return cfg
     target = run_dir / "tokenizer"
     if accelerator.is_main_process and not (resuming and target.is_dir()):
-        train_sentencepiece(captions, tok.vocab_size, target)
+        train_sentencepiece(read_captions(cfg.data.train), tok.vocab_size, target)
     accelerator.wait_for_everyone()
     return dataclasses.replace(cfg, model=dataclasses.replace(
         cfg.model, tokenizer=dataclasses.replace(tok, path=str(target))))
@@ -91,7 +91,7 @@ class Session:
     objective: torch.nn.Module  # prepared by Accelerate
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
-    train_data: CaptionedImages
+    train_size: int  # samples in one pass over the training sources
     val_data: CaptionedImages | None
 
 
@@ -101,9 +101,9 @@ def build_session(cfg: Config, resuming: bool = False) -> Session:
                               log_with=_trackers(cfg.train.trackers) or None,
                               project_config=ProjectConfiguration(str(run_dir), logging_dir=str(run_dir / "logs")))
     set_seed(cfg.train.seed)
-    train_data = load_captioned(cfg.data.train, "train")
-    val_data = load_captioned(cfg.data.val, "val") if cfg.data.val else None
-    cfg = _prepare_tokenizer(cfg, train_data.captions, run_dir, accelerator, resuming)
+    train_size = dataset_size(open_sources(cfg.data.train)[0])
+    val_data = load_eval_set(cfg.data.val, cfg.data.val_samples, cfg.data.max_pixels) if cfg.data.val else None
+    cfg = _prepare_tokenizer(cfg, run_dir, accelerator, resuming)
     model, tokenizer = build_model(cfg.model)
     heads, head_weights = build_heads(cfg.heads, model)
     objective = Objective(model, build_loss(cfg.loss), cfg.loss.weight, heads, head_weights)
@@ -113,24 +113,25 @@ def build_session(cfg: Config, resuming: bool = False) -> Session:
     optimizer = build_optimizer(objective, cfg.train, accelerator.device)
     scheduler = cosine_schedule(optimizer, cfg.train)  # stepped by us once per step, so not prepared
     objective, optimizer = accelerator.prepare(objective, optimizer)
-    return Session(cfg, run_dir, accelerator, model, tokenizer, objective, optimizer, scheduler, train_data,
+    return Session(cfg, run_dir, accelerator, model, tokenizer, objective, optimizer, scheduler, train_size,
                    val_data)
 
 
 def restore(session: Session, resume: str) -> dict:
-    """Load the checkpoint ``resume`` names ('none', 'auto' or a path); returns the step and stream position."""
+    """Load the checkpoint ``resume`` names ('none', 'auto' or a path); returns the step and data stream state."""
     if resume == "none":
-        return {"step": 0, "stream_position": 0}
+        return {"step": 0, "data": {}}
     checkpoint = latest_checkpoint(session.run_dir) if resume == "auto" else resolve_checkpoint(resume)
     if checkpoint is None:
-        return {"step": 0, "stream_position": 0}
+        return {"step": 0, "data": {}}
     _check_resumable(session.cfg, load_config(checkpoint / "config.yaml"), checkpoint)
     return load_checkpoint(checkpoint, session.accelerator, session.objective, session.optimizer,
                            session.scheduler)
 
 
 RESUME_FIXED = ("train.lr", "train.min_lr", "train.warmup_steps", "train.weight_decay", "train.betas", "train.eps",
-                "train.seed", "train.accum_steps", "data.batch_size", "data.train")
+                "train.seed", "train.accum_steps", "data.batch_size", "data.train", "data.num_workers",
+                "data.shuffle_buffer", "data.captions", "data.augment", "data.views")
 
 
 def _check_resumable(cfg: Config, saved: Config, checkpoint: Path) -> None:
@@ -154,6 +155,7 @@ class Reporter:
         self.progress = tqdm(total=session.cfg.train.steps, initial=start_step, desc="train", unit="step",
                              disable=not self.accelerator.is_local_main_process)
         self.window, self.last_step, self.clock = TermWindow(), start_step, time.perf_counter()
+        self.data_wait = 0.0
 
     def record(self, step: int, terms: dict, lr: float) -> None:
         self.window.add(step, terms)
@@ -162,20 +164,26 @@ class Reporter:
 
     def restart_clock(self, step: int) -> None:
         """Throughput counts training only: restart after start-up, evaluation and checkpointing."""
-        self.last_step, self.clock = step, time.perf_counter()
+        self.last_step, self.clock, self.data_wait = step, time.perf_counter(), 0.0
 
-    def flush(self, step: int, position: int) -> None:
+    def flush(self, step: int, position: StreamPosition) -> None:
         """Log the mean terms since the last flush; raises FloatingPointError on a non-finite one."""
         cfg = self.session.cfg
         values = self.window.flush(lambda t: self.accelerator.reduce(t, "mean"))
+        bad = position.bad_counts()
+        bad_total = self.accelerator.reduce(torch.tensor([float(bad.get(r, 0)) for r in BAD_REASONS],
+                                                         device=self.accelerator.device), "sum").tolist()
         now, per_step = time.perf_counter(), cfg.data.batch_size * self.accelerator.num_processes
-        record = {"step": step, "epoch": round(position * per_step / len(self.session.train_data), 4),
-                  "samples": position * per_step, "lr": self.lr,
-                  "samples_per_s": round((step - self.last_step) * per_step * cfg.train.accum_steps
-                                         / (now - self.clock), 1), **values}
-        self.last_step, self.clock = step, now
+        samples = position.batches * per_step
+        record = {"step": step, "epoch": round(samples / self.session.train_size, 4), "samples": samples,
+                  "lr": self.lr, "samples_per_s": round((step - self.last_step) * per_step * cfg.train.accum_steps
+                                                        / (now - self.clock), 1),
+                  "data_wait": round(self.data_wait / (now - self.clock), 4), **values,
+                  **{f"bad/{r}": int(n) for r, n in zip(BAD_REASONS, bad_total) if n}}
+        self.last_step, self.clock, self.data_wait = step, now, 0.0
         self.progress.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{record['lr']:.2e}",
-                                  samples_s=record["samples_per_s"])
+                                  samples_s=record["samples_per_s"], data_wait=f"{record['data_wait']:.0%}",
+                                  bad=int(sum(bad_total)))
         self._write(record)
 
     def evaluate(self, step: int) -> None:
@@ -211,17 +219,20 @@ def train(cfg: Config, resume: str = "none") -> Path:
         session.run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, session.run_dir / "config.yaml")
     accelerator.init_trackers("vlp", config=_flat(to_dict(cfg)))
-    position = state["stream_position"]
-    stream = SampleStream(len(session.train_data), cfg.data.batch_size, cfg.train.seed, accelerator.process_index,
-                          accelerator.num_processes, start=position)
-    dataset = ImageTextDataset(session.train_data.pil, session.train_data.captions,
-                               image_transform(session.model.visual, train=cfg.data.augment))
-    batches = iter(stream_loader(dataset, stream, session.tokenizer, cfg.data.num_workers))
+    position = StreamPosition(state["data"])
+    stream = build_train_stream(cfg.data, session.model.visual, session.tokenizer, cfg.train.seed,
+                                accelerator.process_index, accelerator.num_processes, position)
+    batches = iter(stream_loader(stream, cfg.data.num_workers, pin_memory=accelerator.device.type == "cuda"))
+    normalize = DeviceNormalize(session.model.visual.mean, session.model.visual.std, accelerator.device)
     reporter = Reporter(session, state["step"])
     reporter.restart_clock(state["step"])
     for step in range(state["step"] + 1, cfg.train.steps + 1):
-        micro_batches = [_to_device(next(batches), accelerator.device) for _ in range(cfg.train.accum_steps)]
-        position += cfg.train.accum_steps
+        waited = time.perf_counter()
+        micro_batches = [next(batches) for _ in range(cfg.train.accum_steps)]
+        reporter.data_wait += time.perf_counter() - waited
+        for batch in micro_batches:
+            position.consumed(batch)
+        micro_batches = [normalize(_to_device(batch, accelerator.device)) for batch in micro_batches]
         terms = accumulate_gradients(objective, micro_batches, accelerator)
         if cfg.train.grad_clip:
             accelerator.clip_grad_norm_(objective.parameters(), cfg.train.grad_clip)
@@ -238,8 +249,9 @@ def train(cfg: Config, resume: str = "none") -> Path:
         if step % cfg.train.log_every == 0 or due_eval or due_checkpoint:
             reporter.flush(step, position)  # checks the loss is finite before anything is saved
         if due_checkpoint:
-            save_checkpoint(session.run_dir, step, accelerator, objective, optimizer, session.scheduler, position,
-                            cfg, session.tokenizer, cfg.train.keep_checkpoints)
+            save_checkpoint(session.run_dir, step, accelerator, objective, optimizer, session.scheduler,
+                            position.state_dict(cfg.data.num_workers, accelerator.num_processes), cfg,
+                            session.tokenizer, cfg.train.keep_checkpoints)
         if due_eval:
             reporter.evaluate(step)
         if due_eval or due_checkpoint:
