@@ -101,17 +101,14 @@ class WebDatasetSource(ShardSource):
             while True:
                 try:
                     info = archive.next()
-                except (tarfile.TarError, OSError):
+                except (tarfile.TarError, OSError):  # the sample being read is incomplete: lost with the rest
                     yield "truncated_shard"
+                    key, members = None, []
                     break
                 if info is None:
                     break
                 if not info.isfile() or "/__" in f"/{info.name}":
                     continue
-                if info.offset_data + info.size > size:  # tarfile reads a cut-off member as the end of the file
-                    yield "truncated_shard"
-                    key, members = None, []
-                    break
                 split = base_plus_ext(info.name)
                 if split is None:
                     continue
@@ -119,6 +116,10 @@ class WebDatasetSource(ShardSource):
                 if prefix != key and members:
                     yield ShardRef(shard, key, tuple(members))
                     members = []
+                if info.offset_data + info.size > size:  # tarfile reads a cut-off member as the end of the file
+                    yield "truncated_shard"
+                    key, members = None, []
+                    break
                 key = prefix
                 members.append((extension.lower(), info.offset_data, info.size))
         if members:
