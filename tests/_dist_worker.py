@@ -21,12 +21,14 @@ SEED = 0
 # SigLIP's initial bias of -10 leaves a negative pair ~1e-4 of a positive pair's gradient, under the tests'
 # tolerance; a bias near 0 makes the negatives (the other rank's, the other micro-batches') count.
 SIGLIP = ("siglip_tiny.yaml", "model.init_logit_bias=-1.0")
+MULTI_POSITIVE = ("tiny.yaml", "loss.type=clip_multi_positive")  # two captions per image, some padded
 # name -> (config file and overrides, accum steps)
 CASES = {
     "clip": (("tiny.yaml",), 1),
     "siglip": (SIGLIP, 1),
     "clip_accum2": (("tiny.yaml",), 2),
     "siglip_accum2": (SIGLIP, 2),
+    "clip_multi_positive": (MULTI_POSITIVE, 1),
 }
 
 
@@ -41,7 +43,8 @@ def build_objective(config_name: str, tokenizer_dir: str, *overrides: str):
     cfg = load_config(REPO / "configs" / config_name, [f"model.tokenizer.path={tokenizer_dir}", *overrides])
     torch.manual_seed(SEED)
     model, tokenizer = build_model(cfg.model)
-    return Objective(model, build_loss(cfg.loss), cfg.loss.weight), tokenizer
+    multi = cfg.loss.type == "clip_multi_positive"
+    return Objective(model, build_loss(cfg.loss), cfg.loss.weight, multi_caption=multi), tokenizer
 
 
 @lru_cache(maxsize=1)
@@ -51,10 +54,14 @@ def captions() -> list[str]:
     return load_default("train").captions[:1000]
 
 
-def global_batch(tokenizer, size: int = GLOBAL_BATCH) -> dict:
-    """A fixed batch every process builds identically: random images, the first training captions."""
+def global_batch(tokenizer, size: int = GLOBAL_BATCH, multi: bool = False) -> dict:
+    """A fixed batch every process builds identically: random images, the first training captions (with
+    ``multi``, a second caption for two images in three, as ``data.captions.policy=all`` gives)."""
     images = torch.randn(size, 3, 28, 28, generator=torch.Generator().manual_seed(1234))
-    return {"images": images, "tokens": tokenizer(captions()[:size])}
+    if not multi:
+        return {"images": images, "tokens": tokenizer(captions()[:size])}
+    tokens = torch.stack([tokenizer(captions()[:size]), tokenizer(captions()[500:500 + size])], dim=1)
+    return {"images": images, "tokens": tokens, "caption_mask": torch.tensor([[True, i % 3 != 2] for i in range(size)])}
 
 
 def split(batch: dict, parts: int) -> list[dict]:
@@ -75,7 +82,7 @@ def main(rank: int, world: int, port: int, tokenizer_dir: str, out_dir: str) -> 
         objective, tokenizer = build_objective(config[0], tokenizer_dir, *config[1:])
         objective = accelerator.prepare(objective)
         assert isinstance(objective, torch.nn.parallel.DistributedDataParallel)
-        share = split(global_batch(tokenizer), world)[rank]
+        share = split(global_batch(tokenizer, multi=config is MULTI_POSITIVE), world)[rank]
         terms = accumulate_gradients(objective, split(share, accum), accelerator)
         grads = {name: p.grad.clone() for name, p in accelerator.unwrap_model(objective).named_parameters()
                  if p.requires_grad}

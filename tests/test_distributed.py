@@ -79,7 +79,7 @@ def assert_grads_close(actual: dict, expected: dict) -> None:
 def full_batch_reference(config_name: str, tokenizer_dir: str, *overrides: str):
     """One process, one pass over the whole global batch: the loss terms and every parameter's gradient."""
     objective, tokenizer = worker.build_objective(config_name, tokenizer_dir, *overrides)
-    batch = worker.global_batch(tokenizer)
+    batch = worker.global_batch(tokenizer, multi="loss.type=clip_multi_positive" in overrides)
     out = objective(batch)
     out["loss"].backward()
     return ({name: value.detach() for name, value in out.items()},

@@ -124,3 +124,37 @@ def test_tiny_config_with_the_sigmoid_loss_and_no_bias_raises_config_error(tmp_p
 def test_unknown_loss_type_raises_config_error():
     with pytest.raises(ConfigError, match="siglip"):  # the message lists the valid types
         build_loss(LossConfig(type="infonce"))
+
+
+def test_multi_positive_loss_reduces_to_clip_with_one_caption_and_ignores_padding():
+    from vlp.losses import ClipLoss, MultiPositiveClipLoss
+
+    torch.manual_seed(0)
+    images = torch.nn.functional.normalize(torch.randn(6, 8), dim=-1)
+    texts = torch.nn.functional.normalize(torch.randn(6, 8), dim=-1)
+    scale = torch.tensor(10.0)
+    clip = ClipLoss()(images, texts, scale)["contrastive"]
+    single = MultiPositiveClipLoss()(images, texts, scale, text_valid=torch.ones(6, dtype=torch.bool))
+    padded = torch.stack([texts, torch.randn(6, 8)], 1).flatten(0, 1)
+    mask = torch.tensor([[True, False]] * 6).flatten()
+    assert single["contrastive"].item() == pytest.approx(clip.item(), abs=1e-6)
+    assert MultiPositiveClipLoss()(images, padded, scale, text_valid=mask)["contrastive"].item() == pytest.approx(
+        clip.item(), abs=1e-6)
+    # a second true caption that matches its image lowers the loss
+    both = torch.stack([texts, images], 1).flatten(0, 1)
+    better = MultiPositiveClipLoss()(images, both, scale, text_valid=torch.ones(12, dtype=torch.bool))
+    assert better["contrastive"].item() < clip.item()
+
+
+def test_all_captions_policy_trains_with_the_multi_positive_loss_only(tiny, tmp_path):
+    from datagen import good_shards
+    from vlp.config import ConfigError
+    from vlp.train.loop import train
+
+    spec = good_shards(tmp_path / "shards", 1, 12)
+    common = [f"data.train=[{{path: '{spec}', caption_fields: [txt, json.recaption]}}]", "data.val=null",
+              "data.captions.policy=all", "data.captions.max_per_image=2", "train.steps=2", "data.batch_size=4"]
+    with pytest.raises(ConfigError, match="use loss.type=clip_multi_positive"):
+        train(tiny(*common))
+    train(tiny(*common, "loss.type=clip_multi_positive", f"run_dir={tmp_path / 'multi'}"))
+    assert (tmp_path / "multi" / "checkpoints" / "step_0000002").is_dir()

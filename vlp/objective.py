@@ -44,17 +44,24 @@ class FeatureCache:
 
 class Objective(nn.Module):
     def __init__(self, model: nn.Module, loss: nn.Module, loss_weight: float = 1.0,
-                 heads: nn.ModuleDict | None = None, head_weights: dict[str, float] | None = None):
+                 heads: nn.ModuleDict | None = None, head_weights: dict[str, float] | None = None,
+                 multi_caption: bool = False):
         super().__init__()
         if getattr(loss, "needs_logit_bias", False) and getattr(model, "logit_bias", None) is None:
             raise ConfigError(f"the {type(loss).__name__} needs a learned logit bias: set model.init_logit_bias "
                               "(e.g. -10)")
+        if multi_caption and not getattr(loss, "multi_positive", False):
+            raise ConfigError(f"data.captions.policy=all gives each image several captions; the {type(loss).__name__} "
+                              "takes one: use loss.type=clip_multi_positive")
         self.model, self.loss, self.loss_weight = model, loss, loss_weight
         self.heads = heads if heads is not None else nn.ModuleDict()
         self.head_weights = head_weights or {}
 
     def forward(self, batch: dict, cache: FeatureCache | None = None) -> dict[str, torch.Tensor]:
-        outputs = self.model(batch["images"], batch["tokens"])
+        tokens = batch["tokens"]
+        outputs = self.model(batch["images"], tokens.flatten(0, 1) if tokens.dim() == 3 else tokens)
+        if tokens.dim() == 3:  # several captions per image (data.captions.policy=all)
+            outputs["text_valid"] = batch["caption_mask"].flatten()
         pair_outputs = cache.splice(outputs) if cache is not None else outputs
         pair_terms = {name: self.loss_weight * value for name, value in self.loss(**pair_outputs).items()}
         head_terms = {}

@@ -106,7 +106,10 @@ def build_session(cfg: Config, resuming: bool = False) -> Session:
     cfg = _prepare_tokenizer(cfg, run_dir, accelerator, resuming)
     model, tokenizer = build_model(cfg.model)
     heads, head_weights = build_heads(cfg.heads, model)
-    objective = Objective(model, build_loss(cfg.loss), cfg.loss.weight, heads, head_weights)
+    multi_caption = cfg.data.captions.policy == "all"
+    if multi_caption and cfg.train.accum_steps > 1:
+        raise ConfigError("data.captions.policy=all does not combine with gradient caching (train.accum_steps > 1)")
+    objective = Objective(model, build_loss(cfg.loss), cfg.loss.weight, heads, head_weights, multi_caption)
     if cfg.train.compile:
         model.visual.compile()
         model.text.compile()
