@@ -301,7 +301,8 @@ def validate(config: Config) -> Config:
         raise ConfigError(f"unknown data.captions.policy '{config.data.captions.policy}'; valid: sample, all")
     if config.data.views.mask not in ("none", "random", "block"):
         raise ConfigError(f"unknown data.views.mask '{config.data.views.mask}'; valid: none, random, block")
-    for key, pair in (("data.augment.scale", config.data.augment.scale), ("data.augment.ratio", config.data.augment.ratio),
+    augment = config.data.augment
+    for key, pair in (("data.augment.scale", augment.scale), ("data.augment.ratio", augment.ratio),
                       ("data.views.global_scale", config.data.views.global_scale),
                       ("data.views.local_scale", config.data.views.local_scale),
                       ("data.views.mask_ratio", config.data.views.mask_ratio)):

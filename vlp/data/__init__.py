@@ -9,7 +9,7 @@ from collections import Counter
 from typing import Iterator
 
 from vlp.config import DataConfig, source_configs
-from vlp.data.decode import BAD_REASONS, BadSample, DataError, clean_caption, decode_image
+from vlp.data.decode import BAD_REASONS, BadSample, DataError, decode_image
 from vlp.data.default_data import CLASS_NAMES, ZERO_SHOT_TEMPLATES, CaptionedImages, load_default
 from vlp.data.pipeline import CollateBatch, PrepareSample, caption_candidates
 from vlp.data.sources import RawSample, ShardRef, Source, build_source
@@ -57,17 +57,19 @@ def probe(sources: list[Source], prepare: PrepareSample) -> None:
                 break
             except BadSample as bad:
                 reasons[bad.reason] += 1
-        else:
+        else:  # the source ended before a usable sample
             detail = ", ".join(f"{k}={v}" for k, v in sorted(reasons.items())) or "it holds no samples"
             raise DataError(f"no usable sample in {source.name}: {detail}")
-        if reasons and len(reasons) and sum(reasons.values()) >= PROBE_SAMPLES:
+        if sum(reasons.values()) == PROBE_SAMPLES:
             detail = ", ".join(f"{k}={v}" for k, v in sorted(reasons.items()))
             raise DataError(f"the first {PROBE_SAMPLES} samples of {source.name} are all unusable: {detail}")
 
 
 def build_train_stream(data: DataConfig, visual, tokenizer, seed: int, rank: int, world_size: int,
-                       position: StreamPosition) -> TrainStream:
-    sources, weights = open_sources(data.train)
+                       position: StreamPosition, sources: tuple[list[Source], list[float]] | None = None
+                       ) -> TrainStream:
+    """The training stream of ``data.train`` (or of ``sources``, already opened), resuming at ``position``."""
+    sources, weights = sources or open_sources(data.train)
     prepare = PrepareSample(TrainViews(visual, data.augment, data.views), data.captions, data.max_pixels,
                             data.fast_decode)
     probe(sources, prepare)
@@ -123,6 +125,7 @@ def read_captions(spec, limit: int = 200_000) -> list[str]:
     return texts
 
 
-__all__ = ["BAD_REASONS", "CLASS_NAMES", "ZERO_SHOT_TEMPLATES", "BadSample", "CaptionedImages", "DataError", "RawSample",
+__all__ = ["BAD_REASONS", "CLASS_NAMES", "ZERO_SHOT_TEMPLATES", "BadSample", "CaptionedImages", "DataError",
+           "RawSample",
            "ShardRef", "StreamPosition", "build_train_stream", "dataset_size", "iter_in_order", "load_default",
            "load_eval_set", "open_sources", "read_captions"]

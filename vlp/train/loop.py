@@ -91,7 +91,8 @@ class Session:
     objective: torch.nn.Module  # prepared by Accelerate
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
-    train_size: int  # samples in one pass over the training sources
+    train_sources: tuple[list, list[float]]  # the opened training sources and their weights
+    train_size: int  # samples in one pass over them
     val_data: CaptionedImages | None
 
 
@@ -101,7 +102,8 @@ def build_session(cfg: Config, resuming: bool = False) -> Session:
                               log_with=_trackers(cfg.train.trackers) or None,
                               project_config=ProjectConfiguration(str(run_dir), logging_dir=str(run_dir / "logs")))
     set_seed(cfg.train.seed)
-    train_size = dataset_size(open_sources(cfg.data.train)[0])
+    train_sources = open_sources(cfg.data.train)
+    train_size = dataset_size(train_sources[0])
     val_data = load_eval_set(cfg.data.val, cfg.data.val_samples, cfg.data.max_pixels) if cfg.data.val else None
     cfg = _prepare_tokenizer(cfg, run_dir, accelerator, resuming)
     model, tokenizer = build_model(cfg.model)
@@ -116,8 +118,8 @@ def build_session(cfg: Config, resuming: bool = False) -> Session:
     optimizer = build_optimizer(objective, cfg.train, accelerator.device)
     scheduler = cosine_schedule(optimizer, cfg.train)  # stepped by us once per step, so not prepared
     objective, optimizer = accelerator.prepare(objective, optimizer)
-    return Session(cfg, run_dir, accelerator, model, tokenizer, objective, optimizer, scheduler, train_size,
-                   val_data)
+    return Session(cfg, run_dir, accelerator, model, tokenizer, objective, optimizer, scheduler, train_sources,
+                   train_size, val_data)
 
 
 def restore(session: Session, resume: str) -> dict:
@@ -224,7 +226,7 @@ def train(cfg: Config, resume: str = "none") -> Path:
     accelerator.init_trackers("vlp", config=_flat(to_dict(cfg)))
     position = StreamPosition(state["data"])
     stream = build_train_stream(cfg.data, session.model.visual, session.tokenizer, cfg.train.seed,
-                                accelerator.process_index, accelerator.num_processes, position)
+                                accelerator.process_index, accelerator.num_processes, position, session.train_sources)
     batches = iter(stream_loader(stream, cfg.data.num_workers, pin_memory=accelerator.device.type == "cuda"))
     normalize = DeviceNormalize(session.model.visual.mean, session.model.visual.std, accelerator.device)
     reporter = Reporter(session, state["step"])

@@ -50,7 +50,8 @@ class HFSource(Source):
             columns, None, ("image", "img", "jpg", "png"), "image", f"HF dataset {cfg.path}")
         if isinstance(data.features.get(image_column), datasets.Image):
             data = data.cast_column(image_column, datasets.Image(decode=False))
-        fields = cfg.caption_fields or [pick_column(columns, None, CAPTION_COLUMNS, "caption", f"HF dataset {cfg.path}")]
+        where = f"HF dataset {cfg.path}"
+        fields = cfg.caption_fields or [pick_column(columns, None, CAPTION_COLUMNS, "caption", where)]
         for name in fields:
             pick_column(columns, name, (), "caption", f"HF dataset {cfg.path}")
         label = data.features.get("label")
