@@ -102,6 +102,19 @@ def test_views_and_mim_masks_are_named_batch_fields(mixed_spec):
     assert batch["mim_mask"].shape == (4, 4, 4) and batch["mim_mask"].sum(dim=(1, 2)).tolist() == [4] * 4
 
 
+def test_device_normalize_equals_the_inference_transforms_normalization():
+    from torchvision.transforms import v2 as T
+
+    from vlp.data.transforms import DeviceNormalize
+
+    mean, std = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
+    pixels = torch.randint(0, 256, (2, 3, 3, 8, 8), dtype=torch.uint8)
+    batch = DeviceNormalize(mean, std, torch.device("cpu"))({"global_crops": pixels.clone(), "captions": ["x"]})
+    expected = T.Normalize(mean, std)(T.ToDtype(torch.float32, scale=True)(pixels.view(-1, 3, 8, 8)))
+    assert batch["global_crops"].dtype == torch.float32 and batch["captions"] == ["x"]
+    assert torch.allclose(batch["global_crops"].view(-1, 3, 8, 8), expected, atol=1e-5)
+
+
 @pytest.mark.parametrize("kind", ["random", "block"])
 def test_masks_hit_the_drawn_ratio(kind):
     mask = MASKS.get(kind)(14, [0.4, 0.4])

@@ -103,11 +103,12 @@ class DeviceNormalize:
     """uint8 image fields of a batch on the device -> float, scaled to [0, 1] and normalized."""
 
     def __init__(self, mean, std, device: torch.device):
-        self.mean = torch.tensor(mean, device=device).view(3, 1, 1) * 255
-        self.std = torch.tensor(std, device=device).view(3, 1, 1) * 255
+        std = torch.tensor(std, device=device).view(3, 1, 1) * 255
+        self.scale, self.shift = 1 / std, -torch.tensor(mean, device=device).view(3, 1, 1) * 255 / std
 
     def __call__(self, batch: dict) -> dict:
         for name in IMAGE_FIELDS:
             if name in batch and batch[name].dtype == torch.uint8:
-                batch[name] = (batch[name].float() - self.mean) / self.std
+                # in place on the one float copy: half the time of (x - mean) / std on a CPU
+                batch[name] = batch[name].float().mul_(self.scale).add_(self.shift)
         return batch
