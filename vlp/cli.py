@@ -5,6 +5,7 @@ import argparse
 import os
 import sys
 
+from vlp.commands.data import add_data_commands
 from vlp.commands.evaluate import add_eval_parser
 from vlp.commands.search import add_commands as add_search_commands
 from vlp.config import ConfigError
@@ -64,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     tok_train.set_defaults(func=_tokenizer_train)
     add_search_commands(commands)
     add_eval_parser(commands)
+    add_data_commands(commands)
     return parser
 
 
