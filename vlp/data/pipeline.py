@@ -59,7 +59,9 @@ class PrepareSample:
         caption, source = self.policy(raw.captions, random.Random(seed))
         image = decode_image(raw.image, self.max_pixels, self.draft_size)
         with torch.random.fork_rng(devices=[]):  # torchvision's augmentations draw from the global generator
-            torch.manual_seed(seed)
+            # the CPU generator alone: torch.manual_seed would also queue a CUDA seeding, recording a stack trace
+            # per sample, 1.6 ms each
+            torch.default_generator.manual_seed(seed)
             fields = self.views(image, torch.Generator().manual_seed(seed))
         fields.update(caption=caption, caption_source=source)
         return fields
