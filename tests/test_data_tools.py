@@ -162,9 +162,9 @@ def test_convert_keeps_the_chosen_caption_fields_and_refuses_to_mix_with_earlier
 
 SLOW_CONVERT = """
 import sys, time
-import vlp.commands.data as data
-members = data.tar_members
-data.tar_members = lambda *args: (time.sleep(0.05), members(*args))[1]
+import vlp.data.convert as convert
+members = convert.tar_members
+convert.tar_members = lambda *args: (time.sleep(0.05), members(*args))[1]
 from vlp.cli import main
 sys.exit(main(sys.argv[1:]))
 """
