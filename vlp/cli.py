@@ -10,6 +10,7 @@ from vlp.commands.evaluate import add_eval_parser
 from vlp.commands.search import add_commands as add_search_commands
 from vlp.config import ConfigError
 from vlp.data.decode import DataError
+from vlp.serve.command import add_serve_command
 
 
 def _train(args: argparse.Namespace) -> None:
@@ -66,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_search_commands(commands)
     add_eval_parser(commands)
     add_data_commands(commands)
+    add_serve_command(commands)
     return parser
 
 
