@@ -8,8 +8,7 @@ import sys
 from vlp.commands.data import add_data_commands
 from vlp.commands.evaluate import add_eval_parser
 from vlp.commands.search import add_commands as add_search_commands
-from vlp.config import ConfigError
-from vlp.data.decode import DataError
+from vlp.errors import ConfigError, DataError
 from vlp.serve.command import add_serve_command
 
 

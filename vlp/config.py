@@ -14,9 +14,7 @@ from typing import Any
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A config file, key or value that cannot be used; the message names it."""
+from vlp.errors import ConfigError
 
 
 @dataclass

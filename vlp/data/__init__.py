@@ -9,7 +9,8 @@ from collections import Counter
 from typing import Iterator
 
 from vlp.config import DataConfig, source_configs
-from vlp.data.decode import BAD_REASONS, BadSample, DataError, decode_image
+from vlp.data.decode import BAD_REASONS, BadSample, decode_image
+from vlp.errors import DataError
 from vlp.data.default_data import CLASS_NAMES, ZERO_SHOT_TEMPLATES, CaptionedImages, load_default
 from vlp.data.pipeline import CollateBatch, PrepareSample, caption_candidates
 from vlp.data.sources import RawSample, ShardRef, Source, build_source

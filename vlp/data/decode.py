@@ -11,6 +11,8 @@ import warnings
 import numpy as np
 from PIL import Image, ImageFile
 
+from vlp.errors import DataError  # noqa: F401  (its old home; import it from vlp.errors)
+
 # PIL raises on a truncated file only when asked to; a half-decoded image would otherwise train silently.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
@@ -26,10 +28,6 @@ class BadSample(Exception):
 BAD_REASONS = ("missing_image", "empty_image", "unknown_format", "corrupt_image", "too_large", "missing_caption",
                "empty_caption", "caption_not_utf8", "caption_too_long", "malformed_caption", "missing_file",
                "bad_shard", "truncated_shard", "unreadable_shard")
-
-
-class DataError(RuntimeError):
-    """A dataset that cannot be read at all (no files match, every sample is bad); the message names the path."""
 
 
 HIGH_BIT_MODES = {"I;16": 257.0, "I;16B": 257.0, "I;16L": 257.0, "I": 257.0, "F": None}

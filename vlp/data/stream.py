@@ -24,7 +24,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from vlp.data.decode import BadSample, DataError
+from vlp.data.decode import BadSample
+from vlp.errors import DataError
 from vlp.data.sources import RawSample, ShardRef, ShardSource, Source
 
 MIX_CHUNK = 1024
