@@ -127,3 +127,90 @@ def test_retrieval_without_captions_is_an_error(run, image_folder, tmp_path, cap
     assert main(["eval", "--model", str(run), "--task", "retrieval", "--data", str(image_folder),
                  "--output", str(tmp_path)]) == 2
     assert "needs captions" in capsys.readouterr().err
+
+
+def folder_samples(image_folder):
+    """(relative path, class folder name, PNG bytes) of the image folder's readable images, in sorted order."""
+    files = [f for f in sorted(image_folder.glob("*/*.png")) if f.name != "corrupt.png"]
+    return [(str(f.relative_to(image_folder)), f.parent.name, f.read_bytes()) for f in files]
+
+
+def test_parquet_with_inline_images_and_label_names_scores_as_the_folder(run, image_folder, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    samples = folder_samples(image_folder)
+    path = tmp_path / "data" / "test.parquet"
+    path.parent.mkdir()
+    pq.write_table(pa.table({"image": [data for _, _, data in samples] + [b"not an image"],
+                             "label": [name.replace("_", " ") for _, name, _ in samples] + ["trouser"]}), path)
+    folder = evaluate(run, tmp_path / "folder", "zeroshot", image_folder, "--templates", "a photo of a {}.")
+    results = evaluate(run, tmp_path / "parquet", "zeroshot", path, "--templates", "a photo of a {}.")
+    assert results["counts"] == {**folder["counts"], "skipped_unreadable": 1}
+    assert results["metrics"] == folder["metrics"]  # same images, same class order (sorted names)
+    # integer labels take their names from classnames.txt beside the data, line n naming label n
+    pq.write_table(pa.table({"image": [data for _, _, data in samples],
+                             "label": [["t_shirt", "trouser", "sneaker"].index(n) for _, n, _ in samples]}), path)
+    (path.parent / "classnames.txt").write_text("t shirt\ntrouser\nsneaker\n")
+    named = evaluate(run, tmp_path / "named", "zeroshot", path, "--templates", "a photo of a {}.")
+    assert named["metrics"]["top1"] == folder["metrics"]["top1"] and named["counts"]["classes"] == 3
+
+
+def test_integer_labels_without_names_serve_the_probes_but_not_zeroshot(run, image_folder, tmp_path, capsys):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    samples = folder_samples(image_folder)
+    path = tmp_path / "test.parquet"
+    pq.write_table(pa.table({"image": [d for _, _, d in samples], "label": [i % 3 for i in range(len(samples))]}),
+                   path)
+    assert evaluate(run, tmp_path / "knn", "knn", path)["counts"]["classes"] == 3
+    assert main(["eval", "--model", str(run), "--task", "zeroshot", "--data", str(path)]) == 2
+    assert "has labels only: pass --classes FILE" in capsys.readouterr().err
+    (tmp_path / "two.txt").write_text("a\nb\n")
+    assert main(["eval", "--model", str(run), "--task", "zeroshot", "--data", str(path),
+                 "--classes", str(tmp_path / "two.txt")]) == 2
+    assert "two.txt names 2 classes; data" in capsys.readouterr().err
+
+
+def test_jsonl_caption_lists_match_repeated_csv_rows(run, image_folder, tmp_path):
+    """A list of captions per JSONL line and one CSV row per caption are the same multi-caption data."""
+    samples = folder_samples(image_folder)
+    captions = [[f"a photo of a {name}.", f"a {name} number {n}."] for n, (_, name, _) in enumerate(samples)]
+    jsonl = image_folder / "captions.jsonl"
+    jsonl.write_text("".join(json.dumps({"image": rel, "caption": texts}) + "\n"
+                             for (rel, _, _), texts in zip(samples, captions)))
+    rows = image_folder / "rows.csv"
+    with rows.open("w", newline="") as f:
+        csv.writer(f).writerows([["image", "caption"]] + [[rel, text] for (rel, _, _), texts in
+                                                          zip(samples, captions) for text in texts])
+    from_jsonl = evaluate(run, tmp_path / "jsonl", "retrieval", jsonl, "--workers", "0")
+    from_csv = evaluate(run, tmp_path / "csv", "retrieval", rows)
+    assert from_jsonl["counts"] == {"images": 30, "texts": 60, "skipped_unreadable": 0}
+    assert from_jsonl["settings"]["protocol"] == "multi-caption"
+    assert from_jsonl["metrics"] == pytest.approx(from_csv["metrics"], abs=1e-6)
+
+
+def test_webdataset_shards_with_cls_labels_and_txt_captions(run, image_folder, tmp_path):
+    from datagen import write_shard
+
+    samples = folder_samples(image_folder)
+    names = ["sneaker", "t_shirt", "trouser"]  # sorted folder order, as the labels number them
+    members = [(f"{n:04d}", {"png": data, "cls": str(names.index(name)).encode(), "txt": f"a {name}.".encode()})
+               for n, (_, name, data) in enumerate(samples)]
+    members.insert(5, ("bad", {"png": b"\x89PNG\r\n\x1a\nbroken", "cls": b"1", "txt": b"a trouser."}))
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    write_shard(shards / "eval-000.tar", members[:16])
+    write_shard(shards / "eval-001.tar", members[16:])
+    (tmp_path / "classnames.txt").write_text("sneaker\nt shirt\ntrouser\n")  # clip_benchmark: beside the split
+    pattern = str(shards / "eval-{000..001}.tar")
+    folder = evaluate(run, tmp_path / "folder", "zeroshot", image_folder, "--templates", "a photo of a {}.")
+    zeroshot = evaluate(run, tmp_path / "zs", "zeroshot", pattern, "--templates", "a photo of a {}.")
+    assert zeroshot["counts"] == {"images": 30, "classes": 3, "skipped_unreadable": 1}
+    assert zeroshot["skipped"] == [f"{pattern}:bad"]
+    assert zeroshot["metrics"]["top1"] == folder["metrics"]["top1"]
+    retrieval = evaluate(run, tmp_path / "ret", "retrieval", pattern, "--limit", "20")
+    # the first 20 samples: 10 sneakers, the corrupt one, 9 t-shirts; one caption per class
+    assert retrieval["counts"] == {"images": 19, "texts": 2, "skipped_unreadable": 1}
+    assert retrieval["settings"]["protocol"] == "unique-captions"

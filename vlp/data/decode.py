@@ -11,7 +11,6 @@ import warnings
 import numpy as np
 from PIL import Image, ImageFile
 
-from vlp.errors import DataError  # noqa: F401  (its old home; import it from vlp.errors)
 
 # PIL raises on a truncated file only when asked to; a half-decoded image would otherwise train silently.
 ImageFile.LOAD_TRUNCATED_IMAGES = False

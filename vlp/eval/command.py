@@ -9,12 +9,12 @@ import argparse
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 import vlp
 from vlp.commands.evaluate import TASKS
 from vlp.config import ConfigError
-from vlp.eval.datasets import EvalData, EvalSplit, drop_unreadable, open_image, read_eval_data
+from vlp.eval.datasets import EvalData, EvalSplit, drop_unreadable, read_eval_data
+from vlp.eval.loader import Embedding, try_load_image
 from vlp.eval.probes import knn_accuracy, linear_probe
 from vlp.eval.report import plot_confusion, plot_retrievals, write_results
 from vlp.eval.retrieval import recall_at_k, retrieval_metrics
@@ -25,25 +25,30 @@ SAMPLE_QUERIES = 4  # text queries drawn in the retrieval grid
 GRID_TOP_K = 5
 
 
-def embed_split(model, split: EvalSplit, batch_size: int, skipped: list[str], desc: str):
-    """(the split without its unreadable images, their L2-normalized features [N, D]); the images are decoded
-    a batch at a time, so only one batch is held in memory."""
-    readable, features = [], []
-    with tqdm(total=len(split), desc=desc, unit="img") as progress:
-        for start in range(0, len(split), batch_size):
-            batch = [(i, open_image(split.images[i])) for i in range(start, min(start + batch_size, len(split)))]
-            batch = [(i, image) for i, image in batch if image is not None]
-            if batch:
-                readable += [i for i, _ in batch]
-                features.append(model.embed_images([image for _, image in batch], batch_size))
-            progress.update(min(batch_size, len(split) - start))
-    features = torch.cat(features) if features else torch.empty(0, model.config.model.embed_dim)
-    return drop_unreadable(split, readable, skipped), features
+def start_embedding(model, data: EvalData, split: EvalSplit, args, desc: str) -> Embedding:
+    """Starts decoding ``split``'s images in the DataLoader workers; ``finish_embedding`` collects them."""
+    return Embedding(model, split.images, data.sources, args.batch_size, args.workers, args.fast_decode, desc)
 
 
-def _need_labels(data: EvalData, task: str) -> None:
-    if data.class_names is None or data.test.labels is None:
+def finish_embedding(embedding: Embedding, data: EvalData, split: EvalSplit) -> tuple[EvalSplit, torch.Tensor]:
+    """(the split without its unreadable images, their L2-normalized features [N, D]); unreadable images are
+    added to ``data.skipped``."""
+    readable, features = embedding.result()
+    return drop_unreadable(split, readable, data.skipped), features
+
+
+def embed_split(model, data: EvalData, split: EvalSplit, args, desc: str) -> tuple[EvalSplit, torch.Tensor]:
+    """``start_embedding`` then ``finish_embedding``, for a task with nothing to do meanwhile."""
+    return finish_embedding(start_embedding(model, data, split, args, desc), data, split)
+
+
+def _need_labels(data: EvalData, task: str, names: bool = True) -> None:
+    """Zero-shot needs class names; the probes need labels only."""
+    if data.test.labels is None:
         raise ConfigError(f"task '{task}' needs class labels, and data '{data.name}' has none")
+    if names and data.class_names is None:
+        raise ConfigError(f"task '{task}' needs class names, and data '{data.name}' has labels only: "
+                          "pass --classes FILE (one name a line) or put classnames.txt beside the data")
 
 
 def _templates(arg: list[str] | None, data: EvalData):
@@ -64,8 +69,9 @@ def evaluate_zeroshot(model, data: EvalData, args, out_dir: Path) -> dict:
     confusion-matrix PNG."""
     _need_labels(data, "zeroshot")
     templates = _templates(args.templates, data)
-    classifier = model.zero_shot_classifier(data.class_names, templates)
-    test, features = embed_split(model, data.test, args.batch_size, data.skipped, "zeroshot")
+    embedding = start_embedding(model, data, data.test, args, "zeroshot")
+    classifier = model.zero_shot_classifier(data.class_names, templates)  # while the workers decode
+    test, features = finish_embedding(embedding, data, data.test)
     labels = torch.as_tensor(test.labels, dtype=torch.long)
     logits = classifier.logits(features, model.model.scale().item())
     num_classes = len(data.class_names)
@@ -109,15 +115,16 @@ def evaluate_retrieval(model, data: EvalData, args, out_dir: Path) -> dict:
     of the top-5 images for a few sample text queries."""
     if data.test.captions is None:
         raise ConfigError(f"task 'retrieval' needs captions, and data '{data.name}' has none")
-    test, image_features = embed_split(model, data.test, args.batch_size, data.skipped, "retrieval")
+    test, image_features = embed_split(model, data, data.test, args, "retrieval")
     protocol = _retrieval_protocol(test)
     metrics, texts, text_features = _retrieval_metrics(model, test, image_features, protocol)
-    figure = _retrieval_grid(test, texts, text_features, image_features, out_dir / "retrieval_examples.png")
+    figure = _retrieval_grid(data, test, texts, text_features, image_features, out_dir / "retrieval_examples.png")
     return {"metrics": metrics, "counts": {"images": len(test), "texts": len(texts)},
             "settings": {"protocol": protocol}, "figures": [figure.name]}
 
 
-def _retrieval_grid(test: EvalSplit, texts: list[str], text_features, image_features, path: Path) -> Path:
+def _retrieval_grid(data: EvalData, test: EvalSplit, texts: list[str], text_features, image_features,
+                    path: Path) -> Path:
     """Draws the top images of evenly spaced sample queries; a retrieved image is correct when one of its
     captions is the query."""
     captions_of = {}
@@ -126,21 +133,23 @@ def _retrieval_grid(test: EvalSplit, texts: list[str], text_features, image_feat
     queries = sorted({round(i * (len(texts) - 1) / max(1, SAMPLE_QUERIES - 1)) for i in range(SAMPLE_QUERIES)})
     top = (text_features[queries] @ image_features.T).topk(min(GRID_TOP_K, len(test)), dim=1).indices.tolist()
     hits = [[texts[q] in captions_of.get(i, ()) for i in row] for q, row in zip(queries, top)]
-    return plot_retrievals([texts[q] for q in queries], [[test.images[i] for i in row] for row in top], hits, path)
+    images = [[try_load_image(test.images[i], data.sources) for i in row] for row in top]
+    return plot_retrievals([texts[q] for q in queries], images, hits, path)
 
 
 def evaluate_probe(model, data: EvalData, args, out_dir: Path) -> dict:
     """Top-1 accuracy of a linear probe or a k-NN classifier on frozen image features."""
-    _need_labels(data, args.task)
+    _need_labels(data, args.task, names=False)
     train, test = data.probe_splits()
-    train, train_features = embed_split(model, train, args.batch_size, data.skipped, "probe train")
-    test, test_features = embed_split(model, test, args.batch_size, data.skipped, "probe test")
+    train, train_features = embed_split(model, data, train, args, "probe train")
+    test, test_features = embed_split(model, data, test, args, "probe test")
     if not len(train) or not len(test):
         raise ConfigError(f"task '{args.task}' needs readable training and test images in '{data.name}'")
     probe = linear_probe if args.task == "linear-probe" else knn_accuracy
     accuracy = probe(train_features, torch.as_tensor(train.labels), test_features, torch.as_tensor(test.labels))
     return {"metrics": {"top1": accuracy},
-            "counts": {"train_images": len(train), "test_images": len(test), "classes": len(data.class_names)},
+            "counts": {"train_images": len(train), "test_images": len(test),
+                       "classes": len(set(train.labels) | set(test.labels))},
             "settings": {}, "figures": []}
 
 
@@ -154,7 +163,9 @@ def run_eval(args: argparse.Namespace) -> None:
         raise ConfigError(f"unknown task '{args.task}'; valid: {', '.join(TASKS)}")
     if args.batch_size < 1 or (args.limit is not None and args.limit < 1):
         raise ConfigError("--batch-size and --limit must be positive")
-    data = read_eval_data(args.data, args.limit)
+    if args.workers < 0:
+        raise ConfigError(f"--workers must be 0 or more, got {args.workers}")
+    data = read_eval_data(args.data, args.limit, args.classes)
     model = vlp.load(args.model)
     out_dir = Path(args.output) if args.output else Path(args.model) / "eval" / args.task
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -1,37 +1,49 @@
-"""Evaluation data for ``vlp eval``: the embedded default set, an image folder, or a CSV.
+"""Evaluation data for ``vlp eval``: the embedded default set, a class folder, or any dataset the training data
+layer reads.
 
 A spec is read into an :class:`EvalData`: a test split, and for the probes a training split. Images stay
-as PIL images (the default set) or paths (folder, CSV) and are decoded batch by batch while embedding, so a
-large folder never has to fit in memory; an image that fails to decode is dropped then (see
-:meth:`EvalSplit.keep`) and counted.
+references (in-memory PIL images, paths, or samples of a ``vlp.data`` source) and are decoded batch by batch in
+DataLoader workers while embedding (``vlp.eval.loader``), so a large dataset never has to fit in memory; an
+image that fails to decode is dropped then (see :meth:`EvalSplit.keep`) and counted.
 
 - ``default``: Fashion-MNIST's train split trains the probes, its val split is tested; one caption per image.
-- a folder with one sub-folder per class: class names are the folder names with ``_`` read as a space; for
-  the probes every 5th image (in sorted order, so the split is deterministic) is a test image.
-- a ``.csv`` with an ``image`` column (a path relative to the CSV) and ``label`` and/or ``caption``: an image
-  on several rows keeps every caption, which gives the 5-captions-per-image retrieval protocol.
+- a folder with one sub-folder per class (ImageNet's and torchvision ``ImageFolder``'s layout): class names are
+  the folder names, sorted, with ``_`` read as a space.
+- anything ``vlp.data.open_sources`` reads (``vlp.eval.sources``): a CSV/TSV/JSONL/Parquet manifest, WebDataset
+  shards (``a/{000..009}.tar``), an HF ``save_to_disk`` directory (its ``test`` split, else ``validation``,
+  else ``train``), a folder with ``IMAGE.txt`` captions. Captions are every caption of the format's caption
+  field (a list column gives several per image; manifest rows repeating an image path are one image), which
+  gives the 5-captions retrieval protocol. Labels are a ``label`` column (class indices, or class names, which
+  are then sorted into the classes), an HF ``ClassLabel``, or a WebDataset ``KEY.cls``. ``--limit`` keeps the
+  first images in file order.
+
+Class names, as clip_benchmark and torchvision number them: ``--classes FILE``, else ``classnames.txt`` or
+``classes.txt`` in the data's folder or the folder above it, one name a line in label order (line 1 is label
+0), replacing the names the data carries (e.g. ImageNet's synset folders); else those names. Integer labels
+without names suffice for the probes; zero-shot needs names. Without its own split, the probes hold out every
+5th image (in file order, so the split is deterministic) for testing.
 """
 from __future__ import annotations
 
-import csv
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from PIL import Image
-
 from vlp.config import ConfigError
 from vlp.data import load_default
+from vlp.data.sources import infer_type
+from vlp.data.sources.folder import IMAGE_SUFFIXES
+from vlp.eval.sources import read_sources
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
-TEST_EVERY = 5  # a folder's or CSV's probe split: every 5th image is held out for testing
+TEST_EVERY = 5  # the probe split of data without one: every 5th image is held out for testing
+CLASS_FILES = ("classnames.txt", "classes.txt")  # clip_benchmark's name first
 
 
 @dataclass
 class EvalSplit:
     """Images with optional class labels and optional captions (``image_of_text[t]``: the image of caption t)."""
 
-    images: list  # PIL images or paths
+    images: list  # PIL images, paths, or vlp.eval.loader.SourceImage
     labels: list[int] | None = None
     captions: list[str] | None = None
     image_of_text: list[int] | None = None
@@ -64,6 +76,7 @@ class EvalData:
     class_names: list[str] | None = None
     templates: list[str] | None = None  # the data's own zero-shot prompts, if it has some
     skipped: list[str] = field(default_factory=list)  # images that could not be read
+    sources: list = field(default_factory=list)  # the vlp.data sources that SourceImage entries point into
 
     def probe_splits(self) -> tuple[EvalSplit, EvalSplit]:
         """(train, test) for the probes: the data's own split, else every 5th image held out."""
@@ -71,17 +84,6 @@ class EvalData:
             return self.train, self.test
         return (self.test.keep([i for i in range(len(self.test)) if i % TEST_EVERY != TEST_EVERY - 1]),
                 self.test.every(TEST_EVERY, TEST_EVERY - 1))
-
-
-def open_image(source) -> Image.Image | None:
-    """An RGB PIL image from a PIL image or a path; None when the file cannot be decoded."""
-    if isinstance(source, Image.Image):
-        return source.convert("RGB")
-    try:
-        with Image.open(source) as image:
-            return image.convert("RGB")  # convert() decodes fully, so a truncated file fails here, not later
-    except (OSError, ValueError, Image.DecompressionBombError):
-        return None
 
 
 def read_default(limit: int | None) -> EvalData:
@@ -112,46 +114,64 @@ def read_folder(root: Path, limit: int | None) -> EvalData:
     return EvalData(str(root), split, class_names=[f.name.replace("_", " ") for f in folders])
 
 
-def read_csv(path: Path, limit: int | None) -> EvalData:
-    """Rows of ``image`` plus ``label`` and/or ``caption``; rows of one image are merged."""
-    with path.open(newline="") as f:
-        rows = list(csv.DictReader(f))
-    columns = set(rows[0]) if rows else set()
-    if "image" not in columns or not columns & {"label", "caption"}:
-        raise ConfigError(f"{path} needs an 'image' column and a 'label' or 'caption' column; has {sorted(columns)}")
-    image_index: dict[str, int] = {}
-    image_label: dict[int, str] = {}
-    captions, image_of_text = [], []
-    for row in rows:
-        index = image_index.setdefault(row["image"], len(image_index))
-        if limit is not None and index >= limit:
-            continue
-        if row.get("label"):
-            image_label[index] = row["label"]
-        if row.get("caption"):
-            captions.append(row["caption"])
-            image_of_text.append(index)
-    images = [path.parent / name for name, i in image_index.items() if limit is None or i < limit]
-    class_names = sorted(set(image_label.values())) or None
-    labels = [class_names.index(image_label[i]) for i in range(len(images))] if class_names else None
-    if class_names and len(image_label) != len(images):
-        raise ConfigError(f"{path}: some images have no label")
-    split = EvalSplit(images, labels, captions or None, image_of_text if captions else None)
-    return EvalData(str(path), split, class_names=class_names)
+def read_source_data(spec: str, limit: int | None) -> EvalData:
+    """Any spec ``vlp.data.open_sources`` accepts (see ``vlp.eval.sources``): the first ``limit`` images."""
+    found, labels, sources, skipped = read_sources(spec, limit)
+    captions = found.captions or None
+    split = EvalSplit(found.images, labels, captions, found.image_of_text if captions else None)
+    names, templates = (sources[0].class_names, sources[0].templates) if len(sources) == 1 else (None, None)
+    return EvalData(spec, split, class_names=names, templates=templates, skipped=skipped, sources=sources)
 
 
-def read_eval_data(spec: str, limit: int | None = None) -> EvalData:
-    """``default``, an image folder, or a ``.csv``; at most ``limit`` images per split."""
+def _is_class_folder(path: Path) -> bool:
+    """A directory of one sub-folder per class: not an HF dataset, and no image has a caption file beside it."""
+    if infer_type(str(path)) != "folder":
+        return False
+    return not any(p.suffix.lower() in IMAGE_SUFFIXES and p.with_suffix(".txt").is_file() for p in path.rglob("*"))
+
+
+def classes_file(spec: str, given: str | None) -> Path | None:
+    """``--classes``, else the first of CLASS_FILES in the data's folder or the folder above it."""
+    if given is not None:
+        if not Path(given).is_file():
+            raise ConfigError(f"--classes: file not found: {given}")
+        return Path(given)
     if spec == "default":
-        return read_default(limit)
-    path = Path(spec)
-    if not path.exists():
+        return None
+    folder = Path(spec) if Path(spec).is_dir() else Path(spec.split("::")[0]).parent
+    return next((base / name for base in (folder, folder.parent) for name in CLASS_FILES
+                 if (base / name).is_file()), None)
+
+
+def with_class_names(data: EvalData, file: Path | None, given: bool) -> EvalData:
+    """``data`` with its classes named by ``file`` (one name a line, in label order), which must name every
+    class; a class file found beside data without labels is ignored, a given one is an error."""
+    labels = data.test.labels
+    if file is None or (labels is None and not given):
+        return data
+    if labels is None:
+        raise ConfigError(f"--classes {file}: data '{data.name}' has no labels")
+    names = [line.strip() for line in file.read_text().splitlines() if line.strip()]
+    if data.class_names is not None and len(names) != len(data.class_names):
+        raise ConfigError(f"{file} names {len(names)} classes; data '{data.name}' has {len(data.class_names)}")
+    if len(names) <= max(labels):
+        raise ConfigError(f"{file} names {len(names)} classes; data '{data.name}' has label {max(labels)}")
+    data.class_names = names
+    return data
+
+
+def read_eval_data(spec: str, limit: int | None = None, classes: str | None = None) -> EvalData:
+    """``default``, a class folder, or any spec ``vlp.data.open_sources`` accepts; at most ``limit`` images
+    per split; classes named by ``classes`` (a file) or a class file beside the data."""
+    if spec == "default":
+        data = read_default(limit)
+    elif not any(mark in spec for mark in "{*?") and "::" not in spec and not Path(spec).exists():
         raise FileNotFoundError(f"data not found: {spec}")
-    if path.is_dir():
-        return read_folder(path, limit)
-    if path.suffix.lower() == ".csv":
-        return read_csv(path, limit)
-    raise ConfigError(f"cannot read data '{spec}'; valid: default, an image folder, or a .csv file")
+    elif Path(spec).is_dir() and _is_class_folder(Path(spec)):
+        data = read_folder(Path(spec), limit)
+    else:
+        data = read_source_data(spec, limit)
+    return with_class_names(data, classes_file(spec, classes), classes is not None)
 
 
 def drop_unreadable(split: EvalSplit, readable: list[int], skipped: list[str]) -> EvalSplit:
@@ -161,4 +181,4 @@ def drop_unreadable(split: EvalSplit, readable: list[int], skipped: list[str]) -
     return split.keep(readable) if len(kept) < len(split) else split
 
 
-__all__ = ["EvalData", "EvalSplit", "drop_unreadable", "open_image", "read_eval_data"]
+__all__ = ["EvalData", "EvalSplit", "drop_unreadable", "read_eval_data"]

@@ -6,8 +6,6 @@ from pathlib import Path
 
 import torch
 
-from vlp.eval.datasets import open_image
-
 
 def markdown_table(results: dict) -> str:
     """The metrics (then the counts) as a two-column markdown table, headed by task, model and data."""
@@ -60,7 +58,8 @@ def plot_confusion(confusion: torch.Tensor, class_names: list[str], path: Path) 
 
 
 def plot_retrievals(queries: list[str], top_images: list[list], hits: list[list[bool]], path: Path) -> Path:
-    """A PNG grid: one row per text query with its top retrieved images, correct ones framed in green."""
+    """A PNG grid: one row per text query with its top retrieved images (PIL, or None for an unreadable one,
+    drawn blank), correct ones framed in green."""
     plt = _pyplot()
     rows, cols = len(queries), max(len(row) for row in top_images)
     fig, axes = plt.subplots(rows, cols, figsize=(2 * cols, 2.3 * rows), squeeze=False)
@@ -71,9 +70,8 @@ def plot_retrievals(queries: list[str], top_images: list[list], hits: list[list[
             if col >= len(images):
                 ax.axis("off")
                 continue
-            image = open_image(images[col])
-            if image is not None:
-                ax.imshow(image)
+            if images[col] is not None:
+                ax.imshow(images[col])
             for spine in ax.spines.values():
                 spine.set_edgecolor("green" if row_hits[col] else "red")
                 spine.set_linewidth(3)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from vlp.config import ConfigError
 from vlp.data.sources import SOURCES, RawSample, Source
-from vlp.data.sources.manifest import CAPTION_COLUMNS, pick_column
+from vlp.data.sources.manifest import caption_fields, pick_column
 
 DATA_FILE_BUILDERS = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".csv": "csv", ".arrow": "arrow"}
 
@@ -51,9 +51,7 @@ class HFSource(Source):
         if isinstance(data.features.get(image_column), datasets.Image):
             data = data.cast_column(image_column, datasets.Image(decode=False))
         where = f"HF dataset {cfg.path}"
-        fields = cfg.caption_fields or [pick_column(columns, None, CAPTION_COLUMNS, "caption", where)]
-        for name in fields:
-            pick_column(columns, name, (), "caption", f"HF dataset {cfg.path}")
+        fields = caption_fields(cfg, columns, where)
         label = data.features.get("label")
         if isinstance(label, datasets.ClassLabel):
             self.class_names = list(label.names)
@@ -69,7 +67,8 @@ class HFSource(Source):
         if isinstance(image, dict):
             image = image.get("bytes") or image.get("path")
         captions = {name: row[name] for name in self.caption_fields}
-        label = row.get("label") if self.class_names else None
+        label = row.get("label")
+        label = label if isinstance(label, int) else None  # a ClassLabel, or a column of class indices
         if isinstance(image, str):
             file = Path(image) if Path(image).is_absolute() else self.root / image
             try:

@@ -1,4 +1,5 @@
-"""WebDataset tar shards in the img2dataset layout: ``key.jpg|png|webp`` + ``key.txt`` + optional ``key.json``.
+"""WebDataset tar shards in the img2dataset layout: ``key.jpg|png|webp`` + ``key.txt`` + optional ``key.json``,
+and optional ``key.cls`` (a class index, as clip_benchmark's classification shards carry).
 
 Shard lists are brace-expanded (``/data/{00000..00999}.tar``), globbed, and joined with ``::``. A shard is
 scanned header by header (``tarfile`` seeks over the data), giving each sample's member offsets; bytes are read
@@ -76,6 +77,14 @@ def _json_field(document, path: list[str]):
         else:
             return None
     return document
+
+
+def _class_index(data: bytes | None) -> int | None:
+    """A ``KEY.cls`` member (WebDataset's class label: the index as ASCII digits), or None."""
+    try:
+        return int(data) if data is not None else None
+    except ValueError:
+        return None
 
 
 @SOURCES.register("webdataset")
@@ -162,4 +171,4 @@ class WebDatasetSource(ShardSource):
                 captions[name] = _json_field(document, name[len("json."):].split("."))
             else:
                 captions[name] = parts.get(name)
-        return RawSample(ref.key, image, captions)
+        return RawSample(ref.key, image, captions, _class_index(parts.get("cls")))
