@@ -116,6 +116,7 @@ class ViewsConfig:
     local_scale: list[float] = field(default_factory=lambda: [0.05, 0.4])
     mask: str = "none"  # MIM masks over the image patches: none | random | block
     mask_ratio: list[float] = field(default_factory=lambda: [0.1, 0.5])  # drawn per image
+    mask_patch_size: int = 0  # pixels per mask cell, a multiple of the tower's patch (SimMIM: 32); 0: the patch
 
 
 @dataclass
@@ -285,7 +286,8 @@ def validate(config: Config) -> Config:
                      "train.keep_checkpoints": config.train.keep_checkpoints,
                      "data.num_workers": config.data.num_workers, "data.shuffle_buffer": config.data.shuffle_buffer,
                      "data.views.global_crops": config.data.views.global_crops,
-                     "data.views.local_crops": config.data.views.local_crops}
+                     "data.views.local_crops": config.data.views.local_crops,
+                     "data.views.mask_patch_size": config.data.views.mask_patch_size}
     for key, value in at_least_one.items():
         if value < 1:
             raise ConfigError(f"config key '{key}' must be at least 1, got {value}")

@@ -80,7 +80,12 @@ class TrainViews:
         if views.mask != "none":
             if not getattr(visual, "patch_size", None):
                 raise ValueError("data.views.mask needs a ViT image tower (one with a patch size)")
-            self.mask = MASKS.get(views.mask)(size // visual.patch_size, views.mask_ratio)
+            cell = views.mask_patch_size or visual.patch_size
+            if cell % visual.patch_size or size % cell:
+                raise ValueError(f"data.views.mask_patch_size={cell} must be a multiple of the patch size "
+                                 f"{visual.patch_size} that divides the image size {size}")
+            self.mask = MASKS.get(views.mask)(size // cell, views.mask_ratio)
+            self.mask_scale = cell // visual.patch_size
         needs = [smallest_useful_size(size, augment, augment.scale)]
         if views.global_crops:
             needs.append(smallest_useful_size(size, augment, views.global_scale))
@@ -95,7 +100,8 @@ class TrainViews:
         if self.views.local_crops:
             fields["local_crops"] = torch.stack([self.local_crop(image) for _ in range(self.views.local_crops)])
         if self.mask is not None:
-            fields["mim_mask"] = self.mask(generator)
+            mask = self.mask(generator)  # on the mask grid; each cell covers mask_scale x mask_scale patches
+            fields["mim_mask"] = mask.repeat_interleave(self.mask_scale, 0).repeat_interleave(self.mask_scale, 1)
         return fields
 
 

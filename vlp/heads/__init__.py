@@ -2,9 +2,12 @@
 
 A head is one module registered here with ``@HEADS.register(name)``. It declares its config dataclass as
 ``Config``; a run switches it on with a ``heads.<name>`` section, whose ``weight`` scales its loss terms. Heads
-that keep an EMA teacher update it in ``after_optimizer_step``. The training loop never changes for a new head.
+that keep an EMA teacher update it in ``after_optimizer_step``, on a schedule over the ``total_steps`` that
+``setup`` gives them. The training loop never changes for a new head. See docs/heads.md.
 """
 from __future__ import annotations
+
+import logging
 
 import torch
 from torch import nn
@@ -20,14 +23,20 @@ class Head(nn.Module):
         """Unweighted loss terms, named after the head (e.g. ``{"mim": ...}``)."""
         raise NotImplementedError
 
+    def setup(self, total_steps: int) -> None:
+        """Told the run's length once, after construction (EMA momentum and temperature schedules)."""
+
     def after_optimizer_step(self, model: nn.Module, step: int) -> None:
         """Called once per optimizer step, after the weights changed (EMA teachers update here)."""
 
 
 HEADS: Registry[type[Head]] = Registry("head")
+logger = logging.getLogger(__name__)
 
 
-def build_heads(sections: dict, model: nn.Module) -> tuple[nn.ModuleDict, dict[str, float]]:
+def build_heads(sections: dict, model: nn.Module, total_steps: int | None = None
+                ) -> tuple[nn.ModuleDict, dict[str, float]]:
+    """The heads of the ``heads`` config sections and their loss weights; logs each one built."""
     heads, weights = nn.ModuleDict(), {}
     for name, section in sections.items():
         try:
@@ -36,5 +45,13 @@ def build_heads(sections: dict, model: nn.Module) -> tuple[nn.ModuleDict, dict[s
             raise ConfigError(f"{err.args[0]} (config section heads.{name})") from None
         options = dict(section or {})
         weights[name] = float(options.pop("weight", 1.0))
-        heads[name] = head_class(from_dict(head_class.Config, options, prefix=f"heads.{name}."), model)
+        cfg = from_dict(head_class.Config, options, prefix=f"heads.{name}.")
+        heads[name] = head_class(cfg, model)
+        if total_steps is not None:
+            heads[name].setup(total_steps)
+        trained = sum(p.numel() for p in heads[name].parameters() if p.requires_grad)
+        logger.info("head %s built: weight %g, %d trained parameters, %s", name, weights[name], trained, cfg)
     return heads, weights
+
+
+from vlp.heads import mim_feature, mim_pixel, self_distill, slip  # noqa: E402,F401  (register the heads)

@@ -26,6 +26,7 @@ class DualEncoder(nn.Module):
 
     def __init__(self, cfg: ModelConfig, tokenizer: Tokenizer):
         super().__init__()
+        self.embed_dim = cfg.embed_dim
         self.visual = _lookup(IMAGE_TOWERS, cfg.image.type)(cfg.image, cfg.embed_dim)
         self.text = _lookup(TEXT_TOWERS, cfg.text.type)(cfg.text, cfg.embed_dim, tokenizer)
         self.logit_scale = nn.Parameter(torch.tensor(float(cfg.init_logit_scale)))

@@ -170,6 +170,44 @@ class OpenClipViTTower(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.visual(images)
 
+    def forward_tokens(self, images: torch.Tensor, mask: torch.Tensor | None = None,
+                       mask_token: torch.Tensor | None = None, keep: torch.Tensor | None = None) -> dict:
+        """The token-level path the image-tower heads need; ``forward`` stays OpenCLIP's own, fast path.
+
+        ``mask`` [B, h, w] (True = masked) replaces those patch embeddings by ``mask_token`` [W] (SimMIM, iBOT);
+        ``keep`` [B, K] keeps only those patches (MAE). Images of another size than ``image_size`` (local crops)
+        get bicubically resized positional embeddings (DINO). No patch dropout: the heads need the whole grid.
+        Returns ``pooled`` [B, embed_dim] (the projected embedding), ``global`` [B, W] (before the projection)
+        and ``patch_tokens`` [B, L, W] (or [B, K, W] with ``keep``).
+        """
+        visual = self.visual
+        x = visual.conv1(images).flatten(2).transpose(1, 2)
+        if mask is not None:
+            x = torch.where(mask.flatten(1).unsqueeze(-1), mask_token.to(x.dtype), x)
+        positions = self._positions(images.shape[-2] // self.patch_size, images.shape[-1] // self.patch_size)
+        x = x + positions[1:].to(x.dtype)
+        if keep is not None:
+            x = x.gather(1, keep.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+        cls = (visual.class_embedding + positions[0]).to(x.dtype).expand(len(x), 1, -1)
+        x = visual.transformer(visual.ln_pre(torch.cat([cls, x], dim=1)))
+        pooled, tokens = visual._pool(x)
+        return {"pooled": pooled @ visual.proj if visual.proj is not None else pooled, "global": pooled,
+                "patch_tokens": tokens}
+
+    def _positions(self, height: int, width: int) -> torch.Tensor:
+        """The positional embeddings [1 + height * width, W], the patch part resized for another grid."""
+        table = self.visual.positional_embedding
+        grid = self.image_size // self.patch_size
+        if (height, width) == (grid, grid):
+            return table
+        patches = table[1:].reshape(1, grid, grid, -1).permute(0, 3, 1, 2)
+        patches = F.interpolate(patches, size=(height, width), mode="bicubic", align_corners=False)
+        return torch.cat([table[:1], patches.flatten(2)[0].T])
+
+    @property
+    def token_width(self) -> int:
+        return self.visual.class_embedding.shape[-1]
+
     def lock(self, unlocked_groups: int = 0) -> None:
         self.visual.lock(unlocked_groups=unlocked_groups)
 

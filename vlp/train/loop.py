@@ -107,7 +107,7 @@ def build_session(cfg: Config, resuming: bool = False) -> Session:
     val_data = load_eval_set(cfg.data.val, cfg.data.val_samples, cfg.data.max_pixels) if cfg.data.val else None
     cfg = _prepare_tokenizer(cfg, run_dir, accelerator, resuming)
     model, tokenizer = build_model(cfg.model)
-    heads, head_weights = build_heads(cfg.heads, model)
+    heads, head_weights = build_heads(cfg.heads, model, cfg.train.steps)
     multi_caption = cfg.data.captions.policy == "all"
     if multi_caption and cfg.train.accum_steps > 1:
         raise ConfigError("data.captions.policy=all does not combine with gradient caching (train.accum_steps > 1)")

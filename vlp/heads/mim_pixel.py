@@ -1,0 +1,111 @@
+"""Masked image modeling with pixel targets: SimMIM (Xie et al. 2022) and MAE (He et al. 2022).
+
+The student tower sees the main view with the ``mim_mask`` patches either replaced by a learned mask token
+(``mode: mask_token``, SimMIM/GMML) or dropped (``mode: drop``, MAE: the encoder sees only the visible patches and
+the decoder fills the gaps with its own mask token). Masks are random or block-wise (GMML, BEiT), made on the data
+workers (``data.views.mask``, ``mask_ratio``, ``mask_patch_size``). A light decoder, one linear layer (SimMIM)
+or a few transformer blocks (MAE), regresses the pixels of each patch, normalized per patch (MAE's
+``norm_pix_loss``). The loss counts the masked patches only. Term: ``mim_pixel``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vlp.config import ConfigError
+from vlp.heads import HEADS, Head
+from vlp.heads.layers import field, token_tower
+
+MODES = ("mask_token", "drop")
+LOSSES = {"mse": F.mse_loss, "l1": F.l1_loss}
+
+
+@dataclass
+class MimPixelConfig:
+    mode: str = "mask_token"  # mask_token (SimMIM) | drop (MAE)
+    decoder_layers: int = 0  # 0: one linear layer (SimMIM); n: n transformer blocks (MAE: 8)
+    decoder_width: int = 0  # 0: the tower's width
+    decoder_heads: int = 4
+    norm_pix: bool = True  # targets normalized per patch (MAE's norm_pix_loss)
+    loss: str = "mse"  # mse (MAE) | l1 (SimMIM)
+
+
+def patchify(images: torch.Tensor, patch: int) -> torch.Tensor:
+    """[B, 3, H, W] -> [B, H/p * W/p, p * p * 3], patches in the tower's row-major order."""
+    b, c, h, w = images.shape
+    x = images.reshape(b, c, h // patch, patch, w // patch, patch)
+    return x.permute(0, 2, 4, 3, 5, 1).reshape(b, (h // patch) * (w // patch), patch * patch * c)
+
+
+class PixelDecoder(nn.Module):
+    """Tokens [B, L, W] -> pixels [B, L, p*p*3]: a linear layer, or embed + position + blocks + linear."""
+
+    def __init__(self, width: int, patches: int, pixels: int, cfg: MimPixelConfig):
+        super().__init__()
+        inner = cfg.decoder_width or width
+        self.layers = cfg.decoder_layers
+        if self.layers:
+            self.embed = nn.Linear(width, inner)
+            self.positions = nn.Parameter(torch.randn(patches, inner) * 0.02)
+            block = nn.TransformerEncoderLayer(inner, cfg.decoder_heads, 2 * inner, dropout=0.0, activation="gelu",
+                                               batch_first=True, norm_first=True)
+            self.blocks = nn.TransformerEncoder(block, cfg.decoder_layers, norm=nn.LayerNorm(inner),
+                                                enable_nested_tensor=False)
+        self.pred = nn.Linear(inner, pixels)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        if self.layers:
+            tokens = self.blocks(tokens + self.positions.to(tokens.dtype))
+        return self.pred(tokens)
+
+
+@HEADS.register("mim_pixel")
+class MimPixelHead(Head):
+    Config = MimPixelConfig
+
+    def __init__(self, cfg: MimPixelConfig, model: nn.Module):
+        super().__init__()
+        tower = token_tower(model, "mim_pixel")
+        if cfg.mode not in MODES:
+            raise ConfigError(f"unknown heads.mim_pixel.mode '{cfg.mode}'; valid: {', '.join(MODES)}")
+        if cfg.loss not in LOSSES:
+            raise ConfigError(f"unknown heads.mim_pixel.loss '{cfg.loss}'; valid: {', '.join(LOSSES)}")
+        if cfg.mode == "drop" and not cfg.decoder_layers:
+            raise ConfigError("heads.mim_pixel.mode=drop needs heads.mim_pixel.decoder_layers >= 1: a linear "
+                              "decoder cannot see the visible patches from a dropped one")
+        self.cfg, self.patch = cfg, tower.patch_size
+        width = tower.token_width
+        inner = cfg.decoder_width or width
+        patches = (tower.image_size // self.patch) ** 2
+        self.decoder = PixelDecoder(width, patches, 3 * self.patch ** 2, cfg)
+        token_shape = inner if cfg.mode == "drop" else width  # drop: the decoder's; mask_token: the encoder's
+        self.mask_token = nn.Parameter(torch.zeros(token_shape))
+
+    def forward(self, batch: dict, outputs: dict, model: nn.Module) -> dict[str, torch.Tensor]:
+        mask, images = field(batch, "mim_mask", "mim_pixel"), batch["images"]
+        if self.cfg.mode == "drop":
+            prediction = self.decoder(self.visible_then_filled(model, images, mask))
+        else:
+            tokens = model.visual.forward_tokens(images, mask, self.mask_token)["patch_tokens"]
+            prediction = self.decoder(self.decoder.embed(tokens) if self.decoder.layers else tokens)
+        target = patchify(images, self.patch)
+        if self.cfg.norm_pix:
+            target = (target - target.mean(-1, keepdim=True)) / (target.var(-1, keepdim=True) + 1e-6).sqrt()
+        per_patch = LOSSES[self.cfg.loss](prediction, target, reduction="none").mean(-1)
+        mask = mask.flatten(1).to(per_patch.dtype)
+        return {"mim_pixel": (per_patch * mask).sum() / mask.sum().clamp(min=1)}
+
+    def visible_then_filled(self, model: nn.Module, images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """MAE: encode the visible patches only, then place them among decoder mask tokens on the full grid."""
+        flat = mask.flatten(1)
+        counts = flat.sum(1)
+        if counts.min() != counts.max():
+            raise ConfigError("heads.mim_pixel.mode=drop needs the same number of masked patches in every image: "
+                              "set data.views.mask_ratio to [r, r]")
+        keep = torch.argsort(flat.to(torch.int8), dim=1, stable=True)[:, :flat.shape[1] - int(counts[0])]
+        visible = self.decoder.embed(model.visual.forward_tokens(images, keep=keep)["patch_tokens"])
+        full = self.mask_token.to(visible.dtype).expand(len(flat), flat.shape[1], -1).clone()
+        return full.scatter(1, keep.unsqueeze(-1).expand(-1, -1, visible.shape[-1]), visible)
