@@ -3,6 +3,7 @@
     python tools/bench_train.py                      # CPU: configs/demo.yaml's model, batch 256, fp32
     python tools/bench_train.py --preset vit_b32     # GPU: OpenCLIP ViT-B-32 shapes, bf16
     python tools/bench_train.py --vocab-sweep        # vlp's step with a 49408- vs a 256-token vocabulary
+    python tools/bench_train.py --heads              # each image-tower head's extra step time and memory
 
 vlp runs its real step (``Objective`` + ``accumulate_gradients`` + ``build_optimizer`` + gradient clipping +
 optimizer/scheduler step, through an ``accelerate.Accelerator``, exactly as ``vlp/train/loop.py`` does).
@@ -18,6 +19,10 @@ process per implementation, run with a fixed glibc mmap threshold so that freed 
 MFU = FLOPs of one forward+backward (``FlopCounterMode``, attention counted on the math path) per second over
 ``--peak-tflops`` (default: a measured large fp32 matmul on CPU, the dense datasheet figure on known GPUs).
 The last line printed is ``ratio: X.XX``: vlp samples/s over OpenCLIP samples/s.
+
+``--heads`` times vlp's step instead with each head of ``--heads-config`` (its ``heads`` sections and
+``data.views``; default configs/heads_tiny.yaml) switched on alone, against plain CLIP on the same model, and
+prints each head's extra step time and peak memory as ratios to plain CLIP.
 """
 from __future__ import annotations
 
@@ -77,7 +82,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="--vocab-sweep: leave out OpenCLIP's step at the two vocabularies")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--memory-probe", choices=["vlp", "open_clip"], help=argparse.SUPPRESS)  # child process
+    p.add_argument("--heads", action="store_true", help="time each image-tower head against plain CLIP")
+    p.add_argument("--heads-config", default=str(REPO / "configs" / "heads_tiny.yaml"),
+                   help="--heads: the config whose heads sections and data.views are benchmarked")
+    p.add_argument("--memory-probe", help=argparse.SUPPRESS)  # child process: vlp, open_clip, or head:NAME
     return p.parse_args(argv)
 
 
@@ -164,7 +172,7 @@ class VlpRunner:
                                                       cpu=device.type == "cpu")
         tokenizer = synthetic_tokenizer(vocab_size, cfg.model.tokenizer.context_length)
         model = DualEncoder(cfg.model, tokenizer)
-        heads, head_weights = build_heads(cfg.heads, model)
+        heads, head_weights = build_heads(cfg.heads, model, cfg.train.steps)
         objective = Objective(model, build_loss(cfg.loss), cfg.loss.weight, heads, head_weights)
         self.model = model
         self.flop_module = objective
@@ -193,10 +201,11 @@ class VlpRunner:
         from vlp.train.loop import _to_device
 
         accelerator, cfg = self.accelerator, self.cfg
-        for images, tokens in batches:
+        for images, tokens, *views in batches:  # views: the batch fields the heads read, if any
             self.step_index += 1
             step = self.step_index
-            micro_batches = [_to_device({"images": images, "tokens": tokens}, accelerator.device)]
+            micro_batches = [_to_device({"images": images, "tokens": tokens, **(views[0] if views else {})},
+                                        accelerator.device)]
             terms = accumulate_gradients(self.objective, micro_batches, accelerator)
             if cfg.train.grad_clip:
                 accelerator.clip_grad_norm_(self.objective.parameters(), cfg.train.grad_clip)
@@ -355,7 +364,10 @@ def _vm(field: str) -> int:
 
 def memory_probe(args: argparse.Namespace) -> None:
     """Child process: build one implementation, warm up, then print the peak RSS above the pre-step RSS."""
-    runner, batches = build_pair(args, only=args.memory_probe)
+    if args.memory_probe.startswith("head:"):
+        runner, batches = head_runner(args, args.memory_probe.removeprefix("head:") or None)
+    else:
+        runner, batches = build_pair(args, only=args.memory_probe)
     runner.run(batches[:2])  # optimizer state allocated, grads freed (set_to_none)
     gc.collect()
     Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
@@ -505,6 +517,69 @@ def compare(args: argparse.Namespace) -> None:
     print(f"ratio: {rates['vlp'] / rates['OpenCLIP']:.2f}")
 
 
+def head_runner(args: argparse.Namespace, head: str | None):
+    """vlp's step with one head of ``--heads-config`` on (``None``: plain CLIP), and batches with its views."""
+    import dataclasses
+
+    from vlp.config import load_config
+    from vlp.data.masks import MASKS
+
+    cfg, vocab = vlp_config(args)
+    source = load_config(args.heads_config)
+    cfg = dataclasses.replace(cfg, heads={head: source.heads[head]} if head else {},
+                              data=dataclasses.replace(cfg.data, views=source.data.views))
+    device = torch.device(args.device)
+    torch.manual_seed(args.seed)
+    runner = VlpRunner(cfg, vocab, device)
+    runner.name = head or "clip"
+    visual, views, size = runner.model.visual, cfg.data.views, cfg.data.batch_size
+    g = torch.Generator().manual_seed(args.seed)
+    mask = MASKS.get(views.mask)(visual.image_size // visual.patch_size, views.mask_ratio)
+    fields = {"global_crops": torch.randn(size, views.global_crops, 3, visual.image_size, visual.image_size,
+                                          generator=g),
+              "local_crops": torch.randn(size, views.local_crops, 3, views.local_size, views.local_size, generator=g),
+              "mim_mask": torch.stack([mask(g) for _ in range(size)])}
+    plain = synthetic_batches(2, size, visual.image_size, runner.model.text.context_length, vocab, device, args.seed)
+    return runner, [(images, tokens, {k: v.to(device) for k, v in fields.items()}) for images, tokens in plain]
+
+
+def heads_cost(args: argparse.Namespace) -> None:
+    """Each head's extra step time and peak memory over plain CLIP, same model, batch and weights."""
+    from vlp.config import load_config
+
+    device = torch.device(args.device)
+    names = list(load_config(args.heads_config).heads)
+    runners = [head_runner(args, None)[0]] + [head_runner(args, name)[0] for name in names]
+    batches = head_runner(args, None)[1]
+    print(f"machine: {machine_line(device)}")
+    print(f"model: {args.config or PRESETS[args.preset].relative_to(REPO)}, batch {runners[0].cfg.data.batch_size}, "
+          f"heads and views from {args.heads_config}; {args.warmup} warmup + {args.windows} windows x "
+          f"{args.steps} steps, interleaved")
+    load_before = _load()
+    results = time_windows(runners, batches, args, device, track_cuda_memory=device.type == "cuda")
+    params = {r.name: sum(p.numel() for p in r.flop_module.heads.parameters() if p.requires_grad)
+              for r in runners}
+    if device.type == "cpu" and args.memory == "auto":
+        del runners
+        gc.collect()
+        for name in results:
+            probe = cpu_peak_memory(f"head:{'' if name == 'clip' else name}")
+            results[name]["peak_bytes"] = probe and probe["peak_bytes"]
+    header = (f"{'head':<13} {'step ms':>8} {'extra ms':>9} {'time x':>7} {'peak MiB':>9} {'memory x':>9} "
+              f"{'trained params':>15}")
+    print()
+    print(header)
+    print("-" * len(header))
+    base_time, base_peak = statistics.median(results["clip"]["times"]), results["clip"]["peak_bytes"]
+    for name, r in results.items():
+        med = statistics.median(r["times"])
+        mem_ratio = f"{r['peak_bytes'] / base_peak:.2f}" if r["peak_bytes"] and base_peak else "n/a"
+        print(f"{name:<13} {med * 1e3:>8.1f} {(med - base_time) * 1e3:>9.1f} {med / base_time:>7.2f} "
+              f"{_mib(r['peak_bytes']):>9} {mem_ratio:>9} {params[name]:>15}")
+    print()
+    print(f"load average before/after: {load_before} / {_load()} (other processes share this machine)")
+
+
 def vocab_sweep(args: argparse.Namespace) -> None:
     """vlp's step on one model at two vocabulary sizes, OpenCLIP's alongside for reference; vlp's steps are also
     split into forward+backward and gradient clipping + AdamW."""
@@ -590,6 +665,8 @@ def main(argv=None) -> None:
         memory_probe(args)
     elif args.vocab_sweep:
         vocab_sweep(args)
+    elif args.heads:
+        heads_cost(args)
     else:
         compare(args)
 
