@@ -127,6 +127,5 @@ def read_captions(spec, limit: int = 200_000) -> list[str]:
 
 
 __all__ = ["BAD_REASONS", "CLASS_NAMES", "ZERO_SHOT_TEMPLATES", "BadSample", "CaptionedImages", "DataError",
-           "RawSample",
-           "ShardRef", "StreamPosition", "build_train_stream", "dataset_size", "iter_in_order", "load_default",
+           "RawSample", "ShardRef", "StreamPosition", "build_train_stream", "dataset_size", "iter_in_order", "load_default",
            "load_eval_set", "open_sources", "read_captions"]

@@ -28,6 +28,12 @@ def token_tower(model: nn.Module, head: str) -> nn.Module:
     return model.visual
 
 
+def check_choice(head: str, key: str, value: str, valid) -> None:
+    """A one-line ConfigError naming ``heads.<head>.<key>`` and its valid values when ``value`` is not one."""
+    if value not in valid:
+        raise ConfigError(f"unknown heads.{head}.{key} '{value}'; valid: {', '.join(valid)}")
+
+
 def field(batch: dict, name: str, head: str) -> torch.Tensor:
     """The batch field ``name``, or a one-line ConfigError naming the ``data.views`` setting that makes it."""
     if name not in batch:

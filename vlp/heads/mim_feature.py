@@ -17,7 +17,7 @@ from torch import nn
 
 from vlp.config import ConfigError
 from vlp.heads import HEADS, Head
-from vlp.heads.layers import field, mlp, token_tower
+from vlp.heads.layers import check_choice, field, mlp, token_tower
 from vlp.heads.teacher import EmaTeacher, load_frozen_tower, momentum_at
 
 LOSSES = ("cosine", "smooth_l1")
@@ -39,8 +39,7 @@ class MimFeatureHead(Head):
     def __init__(self, cfg: MimFeatureConfig, model: nn.Module):
         super().__init__()
         tower = token_tower(model, "mim_feature")
-        if cfg.loss not in LOSSES:
-            raise ConfigError(f"unknown heads.mim_feature.loss '{cfg.loss}'; valid: {', '.join(LOSSES)}")
+        check_choice("mim_feature", "loss", cfg.loss, LOSSES)
         if cfg.predictor_layers < 1:
             raise ConfigError(f"heads.mim_feature.predictor_layers must be at least 1, got {cfg.predictor_layers}")
         self.cfg, self.total_steps = cfg, None

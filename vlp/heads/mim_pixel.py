@@ -17,7 +17,7 @@ from torch import nn
 
 from vlp.config import ConfigError
 from vlp.heads import HEADS, Head
-from vlp.heads.layers import field, token_tower
+from vlp.heads.layers import check_choice, field, token_tower
 
 MODES = ("mask_token", "drop")
 LOSSES = {"mse": F.mse_loss, "l1": F.l1_loss}
@@ -69,10 +69,8 @@ class MimPixelHead(Head):
     def __init__(self, cfg: MimPixelConfig, model: nn.Module):
         super().__init__()
         tower = token_tower(model, "mim_pixel")
-        if cfg.mode not in MODES:
-            raise ConfigError(f"unknown heads.mim_pixel.mode '{cfg.mode}'; valid: {', '.join(MODES)}")
-        if cfg.loss not in LOSSES:
-            raise ConfigError(f"unknown heads.mim_pixel.loss '{cfg.loss}'; valid: {', '.join(LOSSES)}")
+        check_choice("mim_pixel", "mode", cfg.mode, MODES)
+        check_choice("mim_pixel", "loss", cfg.loss, LOSSES)
         if cfg.mode == "drop" and not cfg.decoder_layers:
             raise ConfigError("heads.mim_pixel.mode=drop needs heads.mim_pixel.decoder_layers >= 1: a linear "
                               "decoder cannot see the visible patches from a dropped one")
