@@ -64,6 +64,7 @@ def views_batch(tokenizer, mask_ratio=(0.5, 0.5)) -> dict:
             "global_crops": torch.randn(BATCH, 2, 3, 28, 28, generator=generator),
             "local_crops": torch.randn(BATCH, 2, 3, 14, 14, generator=generator),
             "mim_mask": torch.stack([mask(generator) for _ in range(BATCH)]),
+            "global_crop_masks": torch.stack([mask(generator) for _ in range(2 * BATCH)]).view(BATCH, 2, 4, 4),
             "tokens": tokenizer(load_default("train").captions[:BATCH])}
 
 
@@ -108,9 +109,9 @@ def test_heads_off_add_no_parameters_and_heads_on_leave_the_model_as_it_is(token
 
 
 @pytest.mark.parametrize("case, missing, setting", [
-    ("self_distill", "global_crops", "data.views.global_crops"), ("self_distill_ibot", "mim_mask", "data.views.mask"),
-    ("mim_pixel_simmim", "mim_mask", "data.views.mask"), ("mim_feature_cosine", "mim_mask", "data.views.mask"),
-    ("slip", "global_crops", "data.views.global_crops")])
+    ("self_distill", "global_crops", "data.views.global_crops"),
+    ("self_distill_ibot", "global_crop_masks", "data.views.mask"), ("mim_pixel_simmim", "mim_mask", "data.views.mask"),
+    ("mim_feature_cosine", "mim_mask", "data.views.mask"), ("slip", "global_crops", "data.views.global_crops")])
 def test_a_missing_view_names_the_setting_that_makes_it(case, missing, setting, tokenizer_dir):
     objective, tokenizer = build(tokenizer_dir, CASES[case])
     batch = views_batch(tokenizer)
@@ -247,6 +248,157 @@ def test_two_processes_keep_identical_teachers(tokenizer_dir, tmp_path):
         assert torch.equal(state[0][key], state[1][key]), key
     logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert {"contrastive", "dino", "ibot", "mim_pixel"} <= set(logged[-1])
+
+
+def conv1_counter(tower) -> list[int]:
+    """The batch size of every pass through ``tower``'s patch embedding, recorded by a forward hook."""
+    sizes = []
+    tower.visual.conv1.register_forward_hook(lambda module, args, output: sizes.append(len(args[0])))
+    return sizes
+
+
+def test_ibot_masks_the_global_crops_in_the_dino_passes_and_runs_no_other_view(tokenizer_dir):
+    """iBOT as the paper does it: with ``ibot`` the student and the teacher see the tower as often as DINO alone
+    (student: the main view for CLIP, the global crops, the local crops; teacher: the global crops once), and the
+    main view's ``mim_mask`` is not read."""
+    passes = {}
+    for case in ("self_distill", "self_distill_ibot"):
+        objective, tokenizer = build(tokenizer_dir, CASES[case])
+        head = objective.heads["self_distill"]
+        student, teacher = conv1_counter(objective.model.visual), conv1_counter(head.teacher["tower"])
+        batch = views_batch(tokenizer)
+        del batch["mim_mask"]
+        objective(batch)["loss"].backward()
+        passes[case] = student, teacher
+    assert passes["self_distill_ibot"] == passes["self_distill"] == ([BATCH, 2 * BATCH, 2 * BATCH], [2 * BATCH])
+
+
+def test_the_ibot_term_is_the_masked_patch_loss_of_each_global_crop_against_its_own_teacher_view(tokenizer_dir):
+    """The ``ibot`` term follows the global-crop masks: crop by crop, the cross-entropy from the teacher's patch
+    distributions of the unmasked crop to the student's of the masked crop, on the masked patches, averaged per
+    image then over images and crops; with nothing masked it is 0, and other masks give another value."""
+    import torch.nn.functional as F
+
+    objective, tokenizer = build(tokenizer_dir, CASES["self_distill_ibot"])
+    head, tower = objective.heads["self_distill"], objective.model.visual
+    batch = views_batch(tokenizer)
+    with torch.no_grad():
+        terms = head(batch, {}, objective.model)
+        expected = []
+        for crop, mask in zip(batch["global_crops"].unbind(1), batch["global_crop_masks"].unbind(1)):
+            target = F.softmax(head.teacher["projection"](head.teacher["tower"].forward_tokens(crop)["patch_tokens"])
+                               / head.temperature, dim=-1)  # the patch center starts at 0
+            student = head.projection(tower.forward_tokens(crop, mask, head.mask_token)["patch_tokens"])
+            per_patch = -(target * F.log_softmax(student / head.cfg.student_temp, dim=-1)).sum(-1)
+            mask = mask.flatten(1).float()
+            expected.append(((per_patch * mask).sum(1) / mask.sum(1)).mean())
+        assert terms["ibot"] == pytest.approx(torch.stack(expected).mean().item(), rel=1e-5)
+        flipped = {**batch, "global_crop_masks": batch["global_crop_masks"].flip(1)}
+        assert abs(head(flipped, {}, objective.model)["ibot"] - terms["ibot"]) > 1e-4
+        unmasked = {**batch, "global_crop_masks": torch.zeros_like(batch["global_crop_masks"])}
+        assert head(unmasked, {}, objective.model)["ibot"] == 0
+
+
+@pytest.mark.parametrize("kind", ["random", "block"])
+def test_each_global_crop_gets_its_own_mask_of_the_configured_ratio(kind, tokenizer_dir):
+    """``global_crop_masks`` [B, V, h, w]: one mask per global crop from the ``data.views.mask`` generator, at the
+    exact ratio, through the collate; ``mim_mask`` is drawn first, so it is the same as without global crops."""
+    from types import SimpleNamespace
+
+    from PIL import Image
+
+    from vlp.config import AugmentConfig
+    from vlp.data.pipeline import CollateBatch
+    from vlp.data.transforms import TrainViews
+
+    _, tokenizer = build(tokenizer_dir, {})
+    tower, image = SimpleNamespace(image_size=28, patch_size=7, interpolation="bilinear"), Image.new("RGB", (40, 40))
+    views = {crops: TrainViews(tower, AugmentConfig(), ViewsConfig(global_crops=crops, mask=kind,
+                                                                    mask_ratio=[0.25, 0.25], mask_patch_size=14))
+             for crops in (0, 3)}
+    batches = {crops: CollateBatch(tokenizer)([{**made(image, torch.Generator().manual_seed(seed)), "caption": "a",
+                                                "caption_source": "txt"} for seed in range(8)])
+               for crops, made in views.items()}
+    masks = batches[3]["global_crop_masks"]
+    assert masks.shape == (8, 3, 4, 4) and masks.dtype == torch.bool and "global_crop_masks" not in batches[0]
+    assert masks.sum(dim=(2, 3)).eq(4).all()  # 25% of a 2 x 2 grid of 14-pixel cells: one cell, 4 patches
+    assert any(not torch.equal(crop_masks[0], crop_masks[1]) for crop_masks in masks)
+    assert torch.equal(batches[3]["mim_mask"], batches[0]["mim_mask"])
+
+
+@pytest.fixture(scope="module")
+def teacher_files(tokenizer_dir, tmp_path_factory) -> dict:
+    """A tiny run trained for 2 steps from another seed than ``build``'s, with an EMA ``mim_feature`` head of its
+    own (so its checkpoint holds a second copy of the tower), and its image tower saved in every form a frozen
+    teacher accepts. Returns the paths by form, the tower's weights and the checkpoint's EMA copy of them."""
+    from safetensors.torch import save_file
+
+    from vlp.api import load
+    from vlp.export.open_clip import open_clip_state_dict
+    from vlp.train.loop import train
+
+    tmp = tmp_path_factory.mktemp("teacher")
+    checkpoint = train(load_config(CONFIGS / "tiny.yaml", [
+        f"run_dir={tmp / 'run'}", "train.steps=2", "train.seed=1", "data.val=null", "data.batch_size=8",
+        f"model.tokenizer.path={tokenizer_dir}", "heads={mim_feature: {}}", "data.views.mask=block"]))
+    saved = load_file(str(checkpoint / "model.safetensors"))
+    tower = {k.removeprefix("model.visual."): v for k, v in saved.items() if k.startswith("model.visual.")}
+    ema = {k.removeprefix("heads.mim_feature.teacher.copies.tower."): v for k, v in saved.items()
+           if k.startswith("heads.mim_feature.teacher.copies.tower.")}
+    open_clip = {f"module.{k}": v for k, v in open_clip_state_dict(load(checkpoint, device="cpu").model).items()}
+    torch.save({"epoch": 2, "name": "tiny", "state_dict": open_clip}, tmp / "open_clip.pt")  # as OpenCLIP trains
+    save_file(tower, str(tmp / "tower.safetensors"))
+    save_file({k.removeprefix("visual."): v for k, v in tower.items()}, str(tmp / "vision_transformer.safetensors"))
+    paths = {"checkpoint_dir": checkpoint, "model.safetensors": checkpoint / "model.safetensors",
+             "open_clip.pt": tmp / "open_clip.pt", "tower.safetensors": tmp / "tower.safetensors",
+             "vision_transformer.safetensors": tmp / "vision_transformer.safetensors"}
+    return {"paths": paths, "tower": tower, "ema": ema}
+
+
+@pytest.mark.parametrize("form", ["checkpoint_dir", "model.safetensors", "open_clip.pt", "tower.safetensors",
+                                  "vision_transformer.safetensors"])
+def test_a_frozen_teacher_loads_the_tower_of_a_local_file_and_never_changes(form, teacher_files, tokenizer_dir):
+    """``heads.mim_feature.teacher: PATH``: the teacher holds the file's image tower (not the student's random
+    init, nor the EMA copy a vlp checkpoint also holds), gets no gradient and stays as loaded through an optimizer
+    step and ``after_optimizer_step``, while the student learns from a finite loss."""
+    expected = teacher_files["tower"]
+    objective, tokenizer = build(tokenizer_dir, {"mim_feature": {"teacher": str(teacher_files["paths"][form])}})
+    head, student = objective.heads["mim_feature"], objective.model.visual
+    frozen = head.teacher["tower"]
+    conv1 = "visual.conv1.weight"
+    assert frozen.state_dict().keys() == expected.keys()
+    assert all(torch.equal(value, expected[key]) for key, value in frozen.state_dict().items())
+    assert not torch.equal(student.state_dict()[conv1], expected[conv1])
+    assert not torch.equal(teacher_files["ema"][conv1], expected[conv1])
+    optimizer = build_optimizer(objective, load_config(CONFIGS / "tiny.yaml").train, torch.device("cpu"))
+    assert not {id(p) for g in optimizer.param_groups for p in g["params"]} & {id(p) for p in frozen.parameters()}
+    student_before = student.visual.conv1.weight.detach().clone()
+    out = objective.train()(views_batch(tokenizer))
+    out["loss"].backward()
+    assert torch.isfinite(out["mim_feature"]) and out["mim_feature"] > 0
+    assert student.visual.conv1.weight.grad.abs().sum() > 0 and head.mask_token.grad.abs().sum() > 0
+    assert all(not p.requires_grad and p.grad is None for p in frozen.parameters()) and not frozen.training
+    optimizer.step()
+    objective.after_optimizer_step(1)
+    assert not torch.equal(student.visual.conv1.weight, student_before)
+    assert all(torch.equal(value, expected[key]) for key, value in frozen.state_dict().items())
+
+
+def test_a_frozen_teacher_that_is_missing_or_of_another_tower_is_one_line_naming_the_file(tokenizer_dir, tmp_path):
+    """A path that does not exist, a tower of another width (misshapen tensors) and a deeper tower (tensors the
+    teacher lacks, which must not load cut) each stop the build with one line naming the file."""
+    from safetensors.torch import save_file
+
+    other = "model.image.kwargs={{width: {}, layers: {}, head_width: 16, patch_size: 7, mlp_ratio: 2.0}}"
+    for name, width, layers in (("wider", 48, 2), ("deeper", 32, 3)):
+        objective, _ = build(tokenizer_dir, {}, other.format(width, layers))
+        save_file(objective.model.visual.state_dict(), str(tmp_path / f"{name}.safetensors"))
+    for file, problem in ((tmp_path / "no_run" / "checkpoints" / "step_0000002", "weights file not found"),
+                          (tmp_path / "wider.safetensors", r"'visual.class_embedding' has shape \(48,\)"),
+                          (tmp_path / "deeper.safetensors", "unexpected tensors, e.g. ..visual.transformer.resbl")):
+        with pytest.raises(ConfigError, match=problem) as raised:
+            build(tokenizer_dir, {"mim_feature": {"teacher": str(file)}})
+        assert str(file) in str(raised.value) and "\n" not in str(raised.value)
 
 
 def _worker(overrides: list[str]) -> None:

@@ -538,7 +538,9 @@ def head_runner(args: argparse.Namespace, head: str | None):
     fields = {"global_crops": torch.randn(size, views.global_crops, 3, visual.image_size, visual.image_size,
                                           generator=g),
               "local_crops": torch.randn(size, views.local_crops, 3, views.local_size, views.local_size, generator=g),
-              "mim_mask": torch.stack([mask(g) for _ in range(size)])}
+              "mim_mask": torch.stack([mask(g) for _ in range(size)]),
+              "global_crop_masks": torch.stack([torch.stack([mask(g) for _ in range(views.global_crops)])
+                                                for _ in range(size)])}
     plain = synthetic_batches(2, size, visual.image_size, runner.model.text.context_length, vocab, device, args.seed)
     return runner, [(images, tokens, {k: v.to(device) for k, v in fields.items()}) for images, tokens in plain]
 

@@ -68,7 +68,8 @@ def smallest_useful_size(size: int, augment: AugmentConfig, scale: list[float]) 
 
 class TrainViews:
     """A decoded RGB image -> the batch fields: ``images``, and with views configured ``global_crops``,
-    ``local_crops`` and ``mim_mask`` (True = masked patch, on the ``images`` view's patch grid)."""
+    ``local_crops``, ``mim_mask`` (True = masked patch, on the ``images`` view's patch grid) and, with both
+    global crops and masks, ``global_crop_masks`` [V, h, w] (one mask per global crop, for iBOT)."""
 
     def __init__(self, visual, augment: AugmentConfig, views: ViewsConfig):
         size, interp = visual.image_size, visual.interpolation
@@ -100,9 +101,15 @@ class TrainViews:
         if self.views.local_crops:
             fields["local_crops"] = torch.stack([self.local_crop(image) for _ in range(self.views.local_crops)])
         if self.mask is not None:
-            mask = self.mask(generator)  # on the mask grid; each cell covers mask_scale x mask_scale patches
-            fields["mim_mask"] = mask.repeat_interleave(self.mask_scale, 0).repeat_interleave(self.mask_scale, 1)
+            fields["mim_mask"] = self.patch_mask(generator)
+            if self.views.global_crops:  # drawn after mim_mask, which stays what it was without them
+                fields["global_crop_masks"] = torch.stack([self.patch_mask(generator)
+                                                           for _ in range(self.views.global_crops)])
         return fields
+
+    def patch_mask(self, generator: torch.Generator) -> torch.Tensor:
+        mask = self.mask(generator)  # on the mask grid; each cell covers mask_scale x mask_scale patches
+        return mask.repeat_interleave(self.mask_scale, 0).repeat_interleave(self.mask_scale, 1)
 
 
 class DeviceNormalize:

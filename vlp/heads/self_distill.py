@@ -5,9 +5,12 @@ patch-level variant (Zhou et al. 2022, "iBOT: Image BERT Pre-Training with Onlin
 Student and teacher each put the tower's pooled token through a projection head to K prototypes (an MLP, an
 L2-normalized bottleneck, a weight-normalized last layer). The teacher's outputs are centered (an EMA of their
 batch mean, all-reduced over processes) and sharpened with a low temperature warmed up linearly; the loss is the
-cross-entropy from each teacher global view to every other student view, global and local. With ``ibot``, the
-student also sees the main view with the ``mim_mask`` patches replaced by a learned mask token, and predicts the
-teacher's patch distributions (of the unmasked view, with their own center) at the masked patches.
+cross-entropy from each teacher global view to every other student view, global and local.
+
+With ``ibot``, as in iBOT, the student sees the global crops with their ``global_crop_masks`` patches replaced
+by a learned mask token, and that one pass gives both its [CLS] outputs for the DINO loss and its patch outputs:
+at the masked patches of each crop, these predict the teacher's patch distributions of the same crop unmasked
+(with their own center), from the teacher's one pass over the global crops. No other view is run for it.
 
 Terms: ``dino`` and, with ``ibot``, ``ibot``. The center update is stashed in ``forward`` and applied in
 ``after_optimizer_step`` with the teacher's, so ``forward`` changes nothing.
@@ -39,7 +42,7 @@ class SelfDistillConfig:
     center_momentum: float = 0.9
     momentum: float = 0.996  # teacher EMA momentum at step 0, rising on a cosine to final_momentum
     final_momentum: float = 1.0
-    ibot: bool = False  # add iBOT's masked patch loss (needs data.views.mask)
+    ibot: bool = False  # mask the global crops, add iBOT's patch loss (needs data.views.mask)
 
 
 class PrototypeHead(nn.Module):
@@ -87,24 +90,36 @@ class SelfDistillHead(Head):
         if views + (0 if local_crops is None else local_crops.shape[1]) < 2:
             raise ConfigError("heads.self_distill needs two views at least: set data.views.global_crops=2 or add "
                               "data.views.local_crops")
-        teacher = self.teacher_logits(views_first(global_crops), "global")
-        student = [self.student(model, views_first(global_crops))]
-        if local_crops is not None:
-            student.append(self.student(model, views_first(local_crops)))
-        student = torch.cat(student).view(-1, batch_size, self.cfg.prototypes)
-        terms = {"dino": self.cross_view_loss(student, teacher.view(views, batch_size, -1))}
-        stash = {"center": teacher.mean(0)}
+        crops = views_first(global_crops)
+        masks = views_first(field(batch, "global_crop_masks", "self_distill")) if self.cfg.ibot else None
+        teacher = self.teacher_logits(crops)
+        student, patch_tokens = self.student_logits(model, crops, masks, local_crops)
+        student = student.view(-1, batch_size, self.cfg.prototypes)
+        terms = {"dino": self.cross_view_loss(student, teacher["global"].view(views, batch_size, -1))}
+        stash = {"center": teacher["global"].mean(0)}
         if self.cfg.ibot:
-            terms["ibot"], stash["patch_center"] = self.patch_loss(batch, model)
+            terms["ibot"] = self.patch_loss(self.projection(patch_tokens), teacher["patch_tokens"], masks)
+            stash["patch_center"] = teacher["patch_tokens"].mean((0, 1))
         self.pending.append(stash)
         return terms
 
     @torch.no_grad()
-    def teacher_logits(self, images: torch.Tensor, tokens: str) -> torch.Tensor:
-        return self.teacher["projection"](self.teacher["tower"].forward_tokens(images)[tokens])
+    def teacher_logits(self, crops: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The teacher's logits of the unmasked crops: ``global`` [N, K] and, with iBOT, ``patch_tokens``
+        [N, L, K], from one pass."""
+        tokens = self.teacher["tower"].forward_tokens(crops)
+        names = ("global", "patch_tokens") if self.cfg.ibot else ("global",)
+        return {name: self.teacher["projection"](tokens[name]) for name in names}
 
-    def student(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
-        return self.projection(model.visual.forward_tokens(images)["global"])
+    def student_logits(self, model: nn.Module, crops: torch.Tensor, masks: torch.Tensor | None,
+                       local_crops: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The [CLS] logits of the global then the local crops, and the global crops' patch tokens. As in iBOT,
+        one pass over the masked global crops gives the student's outputs for both losses."""
+        tokens = model.visual.forward_tokens(crops, masks, self.mask_token)
+        pooled = [tokens["global"]]
+        if local_crops is not None:
+            pooled.append(model.visual.forward_tokens(views_first(local_crops))["global"])
+        return self.projection(torch.cat(pooled)), tokens["patch_tokens"]
 
     def targets(self, logits: torch.Tensor, center: torch.Tensor) -> torch.Tensor:
         return F.softmax((logits - center) / self.temperature, dim=-1)
@@ -120,16 +135,13 @@ class SelfDistillHead(Head):
                     total, pairs = total + (-target * log_prob).sum(-1).mean(), pairs + 1
         return total / pairs
 
-    def patch_loss(self, batch: dict, model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
-        """iBOT: the masked student's patch distributions against the full teacher's, on the masked patches."""
-        mask = field(batch, "mim_mask", "self_distill").flatten(1)
-        images = batch["images"]
-        teacher = self.teacher_logits(images, "patch_tokens")
-        tokens = model.visual.forward_tokens(images, batch["mim_mask"], self.mask_token)["patch_tokens"]
-        log_probs = F.log_softmax(self.projection(tokens) / self.cfg.student_temp, dim=-1)
+    def patch_loss(self, student: torch.Tensor, teacher: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        """iBOT: each masked crop's patch logits [N, L, K] against the teacher's of the same crop unmasked, on its
+        masked patches; averaged per image, then over images and crops (all crops have the same batch size)."""
+        log_probs = F.log_softmax(student / self.cfg.student_temp, dim=-1)
         per_patch = (-self.targets(teacher, self.patch_center) * log_probs).sum(-1)
-        per_image = (per_patch * mask).sum(1) / mask.sum(1).clamp(min=1)
-        return per_image.mean(), teacher.mean((0, 1))
+        masks = masks.flatten(1)
+        return ((per_patch * masks).sum(1) / masks.sum(1).clamp(min=1)).mean()
 
     @torch.no_grad()
     def after_optimizer_step(self, model: nn.Module, step: int) -> None:

@@ -57,12 +57,22 @@ class EmaTeacher(nn.Module):
 
 def load_frozen_tower(tower: nn.Module, path: str | Path) -> nn.Module:
     """A frozen copy of ``tower`` with the weights of ``path``: a vlp checkpoint directory, its
-    ``model.safetensors``, an OpenCLIP checkpoint or a file of the tower's own state dict. Tensors the tower does
-    not have (the text tower's) are ignored; a missing or misshapen one is a one-line ConfigError."""
+    ``model.safetensors``, an OpenCLIP checkpoint or a file of the tower's own state dict. Tensors outside the
+    image tower (the text tower's, the heads') are ignored; a missing, extra or misshapen one of the tower is a
+    one-line ConfigError naming the file."""
     path = Path(path)
     file = path / "model.safetensors" if path.is_dir() else path
-    state = {k.removeprefix("model.visual."): v for k, v in load_state_dict_file(file).items()}
     frozen = copy.deepcopy(tower).requires_grad_(False).eval()
-    expected = frozen.state_dict()
-    load_into(frozen, {k: v for k, v in state.items() if k in expected}, file)
+    load_into(frozen, _tower_state(load_state_dict_file(file)), file)
     return frozen
+
+
+def _tower_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The image tower's tensors, keyed as the tower's own state dict (``visual.*``): a vlp checkpoint holds them
+    under ``model.visual.``, an OpenCLIP checkpoint as they are, a bare OpenCLIP ``VisionTransformer`` without
+    the ``visual.`` prefix. Selected by prefix, not by the tower's keys, so a deeper tower does not load cut."""
+    if any(k.startswith("model.visual.") for k in state):
+        return {k.removeprefix("model.visual."): v for k, v in state.items() if k.startswith("model.visual.")}
+    if any(k.startswith("visual.") for k in state):
+        return {k: v for k, v in state.items() if k.startswith("visual.")}
+    return {f"visual.{k}": v for k, v in state.items()}
