@@ -7,7 +7,8 @@ from torch import nn
 from vlp.config import ConfigError
 
 VIEW_SETTINGS = {"global_crops": "data.views.global_crops (e.g. 2)", "local_crops": "data.views.local_crops (e.g. 6)",
-                 "mim_mask": "data.views.mask (random or block)"}
+                 "mim_mask": "data.views.mask (random or block)",
+                 "global_crop_masks": "data.views.mask (random or block) with data.views.global_crops"}
 
 
 def mlp(dims: list[int]) -> nn.Sequential:
@@ -21,11 +22,17 @@ def mlp(dims: list[int]) -> nn.Sequential:
 
 
 def token_tower(model: nn.Module, head: str) -> nn.Module:
-    """The image tower, if it has the token-level path (``forward_tokens``) that ``head`` needs."""
-    if not hasattr(model.visual, "forward_tokens"):
-        raise ConfigError(f"heads.{head} needs a ViT image tower with patch tokens (model.image.type=open_clip_vit); "
-                          f"got {type(model.visual).__name__}")
-    return model.visual
+    """The image tower, if it has the token-level path (``forward_tokens``) that ``head`` needs; a tower whose
+    path depends on its model (a timm tower) says why it cannot run it in ``tokens_unsupported``."""
+    tower = model.visual
+    if hasattr(tower, "forward_tokens"):
+        problem = getattr(tower, "tokens_unsupported", None)
+    else:
+        problem = f"got {type(tower).__name__}"
+    if problem:
+        raise ConfigError(f"heads.{head} needs a ViT image tower with patch tokens (model.image.type=open_clip_vit, "
+                          f"or timm with a timm VisionTransformer, e.g. vit_base_patch16_224); {problem}")
+    return tower
 
 
 def check_choice(head: str, key: str, value: str, valid) -> None:

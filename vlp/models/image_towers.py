@@ -108,6 +108,68 @@ class TimmTower(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(self.trunk(images))
 
+    def forward_tokens(self, images: torch.Tensor, mask: torch.Tensor | None = None,
+                       mask_token: torch.Tensor | None = None, keep: torch.Tensor | None = None) -> dict:
+        """``OpenClipViTTower.forward_tokens`` (the same arguments and outputs) on a timm ``VisionTransformer``
+        trunk, see ``tokens_unsupported``; ``forward`` stays timm's own, fast path. Positional embeddings for
+        another grid are resampled as timm's ``dynamic_img_size`` resamples them."""
+        from timm.models import checkpoint_seq
+
+        trunk = self.trunk
+        x = trunk.patch_embed.proj(images)  # not patch_embed itself: it refuses local crops (strict_img_size)
+        grid = x.shape[-2:]
+        x = trunk.patch_embed.norm(x.flatten(2).transpose(1, 2))
+        if mask is not None:
+            x = torch.where(mask.flatten(1).unsqueeze(-1), mask_token.to(x.dtype), x)
+        prefix, positions = self._prefix_and_positions(grid)
+        x = x + positions
+        if keep is not None:
+            x = x.gather(1, keep.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+        x = trunk.norm_pre(trunk.pos_drop(torch.cat([prefix.expand(len(x), -1, -1), x], dim=1)))
+        x = trunk.norm(checkpoint_seq(trunk.blocks, x) if trunk.grad_checkpointing else trunk.blocks(x))
+        pooled = trunk.forward_head(x, pre_logits=True)
+        return {"pooled": self.head(pooled), "global": pooled, "patch_tokens": x[:, trunk.num_prefix_tokens:]}
+
+    def _prefix_and_positions(self, grid: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The prefix tokens [1, P, W] with their positions (none with ``no_embed_class``), and the patch
+        positions [1, h * w, W] for ``grid``."""
+        from timm.layers import resample_abs_pos_embed
+
+        trunk, tokens = self.trunk, self._prefix_tokens()
+        embedded = 0 if trunk.no_embed_class else trunk.num_prefix_tokens
+        table = resample_abs_pos_embed(trunk.pos_embed, new_size=grid, old_size=trunk.patch_embed.grid_size,
+                                       num_prefix_tokens=embedded)
+        prefix = torch.cat(tokens, dim=1) if tokens else table[:, :0]
+        if trunk.no_embed_class:
+            return prefix, table
+        return prefix + table[:, :embedded], table[:, embedded:]
+
+    def _prefix_tokens(self) -> list[torch.Tensor]:
+        """The learned tokens timm puts before the patches, in its order: class, distillation (DeiT), registers."""
+        trunk = self.trunk
+        return [t for t in (trunk.cls_token, getattr(trunk, "dist_token", None), trunk.reg_token) if t is not None]
+
+    @property
+    def tokens_unsupported(self) -> str | None:
+        """Why ``forward_tokens`` cannot run on this trunk, for the token heads' ConfigError; None when it can."""
+        from timm.layers import PatchEmbed
+        from timm.models.vision_transformer import VisionTransformer
+
+        trunk, model = self.trunk, f"TimmTower with timm model '{self.cfg.name}' ({type(self.trunk).__name__})"
+        if not isinstance(trunk, VisionTransformer):
+            return f"got {model}, which is not a timm VisionTransformer"
+        if not isinstance(trunk.patch_embed, PatchEmbed):
+            return f"got {model}, whose patch embedding is a {type(trunk.patch_embed).__name__}, not a PatchEmbed"
+        if trunk.pos_embed is None:
+            return f"got {model}, which has no absolute positional embeddings (pos_embed)"
+        if sum(t.shape[1] for t in self._prefix_tokens()) != trunk.num_prefix_tokens:
+            return f"got {model}, whose {trunk.num_prefix_tokens} prefix tokens are not its class/register tokens"
+        return None
+
+    @property
+    def token_width(self) -> int:
+        return self.trunk.embed_dim
+
     def lock(self, unlocked_groups: int = 0) -> None:
         from timm.models import group_parameters
 
