@@ -56,18 +56,33 @@ class Objective(nn.Module):
         self.model, self.loss, self.loss_weight = model, loss, loss_weight
         self.heads = heads if heads is not None else nn.ModuleDict()
         self.head_weights = head_weights or {}
+        sharing = [name for name, head in self.heads.items() if head.shares_image_pass]
+        if len(sharing) > 1:
+            raise ConfigError(f"only one head can run the contrastive image pass; heads {', '.join(sharing)} all "
+                              "set shared_pass")
+        self.image_pass_head = sharing[0] if sharing else None
+
+    def encode(self, batch: dict) -> tuple[dict[str, torch.Tensor], dict | None]:
+        """The dual encoder's outputs for the image-text loss, and the tower's token outputs when a head runs the
+        image pass itself (``shared_pass``: the loss then sees that head's masked images)."""
+        tokens = batch["tokens"]
+        tokens = tokens.flatten(0, 1) if tokens.dim() == 3 else tokens
+        if self.image_pass_head is None:
+            return self.model(batch["images"], tokens), None
+        image_pass = self.heads[self.image_pass_head].encode_images(batch, self.model)
+        return self.model(None, tokens, image_embeddings=image_pass["pooled"]), image_pass
 
     def forward(self, batch: dict, cache: FeatureCache | None = None) -> dict[str, torch.Tensor]:
-        tokens = batch["tokens"]
-        outputs = self.model(batch["images"], tokens.flatten(0, 1) if tokens.dim() == 3 else tokens)
-        if tokens.dim() == 3:  # several captions per image (data.captions.policy=all)
+        outputs, image_pass = self.encode(batch)
+        if batch["tokens"].dim() == 3:  # several captions per image (data.captions.policy=all)
             outputs["text_valid"] = batch["caption_mask"].flatten()
         pair_outputs = cache.splice(outputs) if cache is not None else outputs
         pair_terms = {name: self.loss_weight * value for name, value in self.loss(**pair_outputs).items()}
+        head_outputs = outputs if image_pass is None else {**outputs, "image_pass": image_pass}
         head_terms = {}
         for name, head in self.heads.items():
             head_terms.update({term: self.head_weights[name] * value
-                               for term, value in head(batch, outputs, self.model).items()})
+                               for term, value in head(batch, head_outputs, self.model).items()})
         head_share = 1.0 / cache.count if cache is not None else 1.0  # a head sees one micro-batch per pass
         loss = sum(pair_terms.values()) + head_share * sum(head_terms.values())
         return {"loss": loss, **pair_terms, **head_terms}

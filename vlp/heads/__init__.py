@@ -18,9 +18,15 @@ from vlp.utils import Registry
 
 class Head(nn.Module):
     Config: type  # a dataclass of the head's options
+    shares_image_pass = False  # True: ``encode_images`` is the contrastive image pass too (one pass, two losses)
 
     def forward(self, batch: dict, outputs: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
         """Unweighted loss terms, named after the head (e.g. ``{"mim": ...}``)."""
+        raise NotImplementedError
+
+    def encode_images(self, batch: dict, model: nn.Module) -> dict[str, torch.Tensor]:
+        """The image pass the image-text loss uses, for a head that ``shares_image_pass``: the tower's token
+        outputs (``pooled``, ``patch_tokens``, ...), handed back to the head as ``outputs["image_pass"]``."""
         raise NotImplementedError
 
     def setup(self, total_steps: int) -> None:

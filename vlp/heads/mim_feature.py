@@ -6,6 +6,8 @@ The student tower sees the main view with the ``mim_mask`` patches replaced by a
 is an EMA of the image tower (``teacher: ema``), or a frozen tower of the same architecture loaded from a local
 file (``teacher: /path``: a vlp checkpoint, an OpenCLIP checkpoint or the tower's state dict), e.g. a trained
 CLIP as EVA uses. Loss on the masked patches only: ``1 - cosine`` (EVA) or smooth-L1. Term: ``mim_feature``.
+With ``shared_pass: true`` the masked student pass is also the image-text loss's image pass (MaskCLIP's
+masked student, without a second pass), so the head costs one teacher pass and the predictor.
 """
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ class MimFeatureConfig:
     final_momentum: float = 1.0
     loss: str = "cosine"  # cosine | smooth_l1
     predictor_layers: int = 1  # 1: linear; n: an MLP of n layers
+    shared_pass: bool = False  # the masked student pass is the contrastive image pass too
 
 
 @HEADS.register("mim_feature")
@@ -51,17 +54,23 @@ class MimFeatureHead(Head):
     def setup(self, total_steps: int) -> None:
         self.total_steps = total_steps
 
+    @property
+    def shares_image_pass(self) -> bool:
+        return self.cfg.shared_pass
+
+    def encode_images(self, batch: dict, model: nn.Module) -> dict[str, torch.Tensor]:
+        return model.visual.forward_tokens(batch["images"], field(batch, "mim_mask", "mim_feature"), self.mask_token)
+
     def forward(self, batch: dict, outputs: dict, model: nn.Module) -> dict[str, torch.Tensor]:
-        mask, images = field(batch, "mim_mask", "mim_feature"), batch["images"]
         with torch.no_grad():
-            target = self.teacher["tower"].forward_tokens(images)["patch_tokens"]
-        tokens = model.visual.forward_tokens(images, mask, self.mask_token)["patch_tokens"]
-        prediction = self.predictor(tokens)
+            target = self.teacher["tower"].forward_tokens(batch["images"])["patch_tokens"]
+        encoded = outputs["image_pass"] if self.cfg.shared_pass else self.encode_images(batch, model)
+        prediction = self.predictor(encoded["patch_tokens"])
         if self.cfg.loss == "cosine":
             per_patch = 1 - F.cosine_similarity(prediction, target, dim=-1)
         else:
             per_patch = F.smooth_l1_loss(prediction, target, reduction="none").mean(-1)
-        mask = mask.flatten(1).to(per_patch.dtype)
+        mask = batch["mim_mask"].flatten(1).to(per_patch.dtype)
         return {"mim_feature": (per_patch * mask).sum() / mask.sum().clamp(min=1)}
 
     def after_optimizer_step(self, model: nn.Module, step: int) -> None:

@@ -6,6 +6,9 @@ the decoder fills the gaps with its own mask token). Masks are random or block-w
 workers (``data.views.mask``, ``mask_ratio``, ``mask_patch_size``). A light decoder, one linear layer (SimMIM)
 or a few transformer blocks (MAE), regresses the pixels of each patch, normalized per patch (MAE's
 ``norm_pix_loss``). The loss counts the masked patches only. Term: ``mim_pixel``.
+With ``shared_pass: true`` the masked pass is also the image-text loss's image pass, so the head costs only
+its decoder: SimMIM on the contrastive pass, or, with ``mode: drop``, FLIP's patch-dropped pass plus an MAE
+decoder (Li et al. 2023; Weers et al. 2023).
 """
 from __future__ import annotations
 
@@ -31,6 +34,7 @@ class MimPixelConfig:
     decoder_heads: int = 4
     norm_pix: bool = True  # targets normalized per patch (MAE's norm_pix_loss)
     loss: str = "mse"  # mse (MAE) | l1 (SimMIM)
+    shared_pass: bool = False  # the masked pass is the contrastive image pass too (drop: FLIP + MAE)
 
 
 def patchify(images: torch.Tensor, patch: int) -> torch.Tensor:
@@ -82,28 +86,41 @@ class MimPixelHead(Head):
         token_shape = inner if cfg.mode == "drop" else width  # drop: the decoder's; mask_token: the encoder's
         self.mask_token = nn.Parameter(torch.zeros(token_shape))
 
-    def forward(self, batch: dict, outputs: dict, model: nn.Module) -> dict[str, torch.Tensor]:
+    @property
+    def shares_image_pass(self) -> bool:
+        return self.cfg.shared_pass
+
+    def encode_images(self, batch: dict, model: nn.Module) -> dict[str, torch.Tensor]:
+        """The masked pass: mask tokens on the masked patches, or (drop) the visible patches only."""
         mask, images = field(batch, "mim_mask", "mim_pixel"), batch["images"]
-        if self.cfg.mode == "drop":
-            prediction = self.decoder(self.visible_then_filled(model, images, mask))
-        else:
-            tokens = model.visual.forward_tokens(images, mask, self.mask_token)["patch_tokens"]
-            prediction = self.decoder(self.decoder.embed(tokens) if self.decoder.layers else tokens)
-        target = patchify(images, self.patch)
+        if self.cfg.mode == "mask_token":
+            return model.visual.forward_tokens(images, mask, self.mask_token)
+        keep = visible_patches(mask)
+        return {**model.visual.forward_tokens(images, keep=keep), "keep": keep}
+
+    def forward(self, batch: dict, outputs: dict, model: nn.Module) -> dict[str, torch.Tensor]:
+        encoded = outputs["image_pass"] if self.cfg.shared_pass else self.encode_images(batch, model)
+        tokens = encoded["patch_tokens"]
+        if self.decoder.layers:
+            tokens = self.decoder.embed(tokens)
+        if self.cfg.mode == "drop":  # MAE: the visible patches among decoder mask tokens on the full grid
+            full = self.mask_token.to(tokens.dtype).expand(len(tokens), batch["mim_mask"][0].numel(), -1)
+            keep = encoded["keep"].unsqueeze(-1).expand(-1, -1, tokens.shape[-1])
+            tokens = full.scatter(1, keep, tokens)
+        prediction = self.decoder(tokens)
+        target = patchify(batch["images"], self.patch)
         if self.cfg.norm_pix:
             target = (target - target.mean(-1, keepdim=True)) / (target.var(-1, keepdim=True) + 1e-6).sqrt()
         per_patch = LOSSES[self.cfg.loss](prediction, target, reduction="none").mean(-1)
-        mask = mask.flatten(1).to(per_patch.dtype)
+        mask = batch["mim_mask"].flatten(1).to(per_patch.dtype)
         return {"mim_pixel": (per_patch * mask).sum() / mask.sum().clamp(min=1)}
 
-    def visible_then_filled(self, model: nn.Module, images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """MAE: encode the visible patches only, then place them among decoder mask tokens on the full grid."""
-        flat = mask.flatten(1)
-        counts = flat.sum(1)
-        if counts.min() != counts.max():
-            raise ConfigError("heads.mim_pixel.mode=drop needs the same number of masked patches in every image: "
-                              "set data.views.mask_ratio to [r, r]")
-        keep = torch.argsort(flat.to(torch.int8), dim=1, stable=True)[:, :flat.shape[1] - int(counts[0])]
-        visible = self.decoder.embed(model.visual.forward_tokens(images, keep=keep)["patch_tokens"])
-        full = self.mask_token.to(visible.dtype).expand(len(flat), flat.shape[1], -1).clone()
-        return full.scatter(1, keep.unsqueeze(-1).expand(-1, -1, visible.shape[-1]), visible)
+
+def visible_patches(mask: torch.Tensor) -> torch.Tensor:
+    """[B, h, w] masks with the same count per image -> [B, K] indices of the visible patches, in grid order."""
+    flat = mask.flatten(1)
+    counts = flat.sum(1)
+    if counts.min() != counts.max():
+        raise ConfigError("heads.mim_pixel.mode=drop needs the same number of masked patches in every image: "
+                          "set data.views.mask_ratio to [r, r]")
+    return torch.argsort(flat.to(torch.int8), dim=1, stable=True)[:, :flat.shape[1] - int(counts[0])]

@@ -52,9 +52,12 @@ class DualEncoder(nn.Module):
         # clamp the value, not the parameter: forward stays free of side effects (CLIP clamps at 100)
         return self.logit_scale.exp().clamp(max=MAX_LOGIT_SCALE)
 
-    def forward(self, images: torch.Tensor, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, images: torch.Tensor, tokens: torch.Tensor,
+                image_embeddings: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """``image_embeddings``: the image tower's output when a head already ran the image pass (shared)."""
         out = {
-            "image_features": self.encode_image(images),
+            "image_features": (self.encode_image(images) if image_embeddings is None
+                               else F.normalize(image_embeddings, dim=-1)),
             "text_features": self.encode_text(tokens),
             "logit_scale": self.scale(),
         }

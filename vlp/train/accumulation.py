@@ -32,12 +32,12 @@ def accumulate_gradients(objective, micro_batches: list[dict], accelerator) -> d
         accelerator.backward(out["loss"])
         return {name: value.detach() for name, value in out.items()}
 
-    model = accelerator.unwrap_model(objective).model
+    encode = accelerator.unwrap_model(objective).encode
     states, cached = [], []
     with torch.no_grad(), accelerator.autocast():
         for batch in micro_batches:
             states.append(RngState())
-            cached.append(model(batch["images"], batch["tokens"]))
+            cached.append(encode(batch)[0])
     features = {key: torch.cat([out[key] for out in cached]) for key in FEATURE_KEYS}
 
     sums: dict[str, torch.Tensor] = {}
