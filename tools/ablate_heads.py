@@ -1,6 +1,7 @@
 """Do the image-tower heads help? Plain CLIP against CLIP plus each head, at an equal compute budget, over seeds.
 
     python tools/ablate_heads.py                                   # embedded data, demo model, 3 seeds
+    python tools/ablate_heads.py --variants clip flip flip_mae     # the heads on the contrastive pass (FLIP + MAE)
     python tools/ablate_heads.py --variants clip mim_pixel --seeds 0 1 --budget-steps 150
     python tools/ablate_heads.py --config configs/vit_b32.yaml --train "/data/cc3m/{0000..0331}.tar" \\
         --eval-data /data/imagenet_val --retrieval-data /data/coco_val.parquet --budget-steps 20000
@@ -41,13 +42,26 @@ SELF_DISTILL = ["heads.self_distill={weight: 0.2, prototypes: 256, hidden_dim: 2
                 "teacher_temp: 0.07, teacher_temp_warmup_steps: 30, momentum: 0.99}"]
 MIM_PIXEL = ["heads.mim_pixel={weight: 0.5, mode: mask_token, decoder_layers: 0}"]
 SLIP = ["heads.slip={weight: 0.2, hidden_dim: 256, out_dim: 64}"]
+FLIP_MASK = ["data.views.mask=random", "data.views.mask_ratio=[0.5,0.5]"]
+FLIP_MAE = ["heads.mim_pixel={weight: 0.5, mode: drop, decoder_layers: 1, decoder_width: 64, decoder_heads: 4, "
+            "shared_pass: true}"]
 VARIANTS = {
     "clip": [],
     "mim_pixel": MIM_PIXEL + MASK,
     "self_distill": SELF_DISTILL + GLOBAL_VIEWS + LOCAL_VIEWS,
     "slip": SLIP + GLOBAL_VIEWS,
     "all": MIM_PIXEL + SELF_DISTILL + SLIP + MASK + GLOBAL_VIEWS + LOCAL_VIEWS,
+    # heads on the contrastive pass itself (shared_pass), no second tower pass; flip is their control: the
+    # same dropped patches without a head
+    "flip": ["model.image.patch_dropout=0.5"],
+    "flip_mae": FLIP_MAE + FLIP_MASK,
+    "flip_mae_w1": [*FLIP_MAE, "heads.mim_pixel.weight=1.0"] + FLIP_MASK,
+    "simmim_shared": ["heads.mim_pixel={weight: 0.5, shared_pass: true}", "data.views.mask=block",
+                      "data.views.mask_ratio=[0.2,0.4]"],
+    "mim_feature_shared": ["heads.mim_feature={weight: 0.5, momentum: 0.99, shared_pass: true}",
+                           "data.views.mask=block", "data.views.mask_ratio=[0.2,0.4]"],
 }
+DEFAULT_VARIANTS = ["clip", "mim_pixel", "self_distill", "slip", "all", "flip", "flip_mae"]
 METRICS = (("zero-shot top-1", "zeroshot", "top1"), ("linear probe", "linear-probe", "top1"),
            ("k-NN", "knn", "top1"), ("i→t R@1", "retrieval", "image_to_text_R@1"),
            ("i→t R@5", "retrieval", "image_to_text_R@5"), ("t→i R@1", "retrieval", "text_to_image_R@1"),
@@ -58,7 +72,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default=str(REPO / "configs/demo.yaml"), help="the plain-CLIP run to build on")
-    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    p.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS, choices=list(VARIANTS))
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--budget-steps", type=int, help="plain CLIP's steps (default: the config's train.steps)")
     p.add_argument("--train", help="data.train for every run (default: the config's)")
