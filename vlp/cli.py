@@ -1,4 +1,4 @@
-"""The ``vlp`` command line: train, export, tokenizer, eval, classify, search, index."""
+"""The ``vlp`` command line: train, export, tokenizer, eval, classify, search, index, data, recipe, serve."""
 from __future__ import annotations
 
 import argparse
@@ -7,6 +7,7 @@ import sys
 
 from vlp.commands.data import add_data_commands
 from vlp.commands.evaluate import add_eval_parser
+from vlp.commands.recipe import add_recipe_commands
 from vlp.commands.search import add_commands as add_search_commands
 from vlp.errors import ConfigError, DataError
 from vlp.serve.command import add_serve_command
@@ -66,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_search_commands(commands)
     add_eval_parser(commands)
     add_data_commands(commands)
+    add_recipe_commands(commands)
     add_serve_command(commands)
     return parser
 
