@@ -152,13 +152,10 @@ def gpt2_config(vocab_size: int, positions: int = 512):
                       initializer_range=0.5, bos_token_id=0, eos_token_id=0)
 
 
-@pytest.fixture(scope="module")
-def blip(tmp_path_factory) -> str:
-    """A random BLIP captioner with a word-level BERT tokenizer of the Fashion-MNIST captions' words."""
+def save_tiny_blip(path, words: list[str]) -> None:
+    """A random BLIP captioner with a word-level BERT tokenizer of ``words``, saved to ``path``."""
     from transformers import BertTokenizer, BlipConfig, BlipForConditionalGeneration, BlipImageProcessor, BlipProcessor
 
-    path = tmp_path_factory.mktemp("blip")
-    words = sorted({w for c in FASHION.captions for w in c.replace(".", " .").replace(",", " ,").split()})
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]", *words]
     tokenizer = BertTokenizer(vocab={word: i for i, word in enumerate(vocab)}, bos_token="[DEC]")
     BlipProcessor(image_processor=BlipImageProcessor(size={"height": 32, "width": 32}),
@@ -171,6 +168,14 @@ def blip(tmp_path_factory) -> str:
                                          sep_token_id=3, eos_token_id=3))
     torch.manual_seed(0)
     BlipForConditionalGeneration(config).save_pretrained(path)
+
+
+@pytest.fixture(scope="module")
+def blip(tmp_path_factory) -> str:
+    """A random BLIP captioner with a word-level BERT tokenizer of the Fashion-MNIST captions' words."""
+    path = tmp_path_factory.mktemp("blip")
+    words = {w for c in FASHION.captions for w in c.replace(".", " .").replace(",", " ,").split()}
+    save_tiny_blip(path, sorted(words))
     return str(path)
 
 

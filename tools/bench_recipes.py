@@ -192,26 +192,14 @@ def clip_run(work: Path, name: str) -> Path:
 def caption_models(work: Path) -> dict[str, str]:
     """Random tiny HF models, made once: a BLIP captioner and a GPT-2, with tokenizers of this tool's words."""
     sys.path.insert(0, str(REPO / "tests"))
-    from test_recipe_captions import byte_level_tokenizer, gpt2_config
-    from transformers import (BertTokenizer, BlipConfig, BlipForConditionalGeneration, BlipImageProcessor,
-                              BlipProcessor, GPT2LMHeadModel)
+    from test_recipe_captions import byte_level_tokenizer, gpt2_config, save_tiny_blip
+    from transformers import GPT2LMHeadModel
 
     from vlp.recipes.steps.rewrite_llm import LACLIP_PROMPT
 
     captioner, rewriter = work / "hf_blip", work / "hf_gpt2"
     if not (captioner / "config.json").is_file():
-        vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]", *sorted({*WORDS, *FRENCH})]
-        tokenizer = BertTokenizer(vocab={word: i for i, word in enumerate(vocab)}, bos_token="[DEC]")
-        BlipProcessor(image_processor=BlipImageProcessor(size={"height": 32, "width": 32}),
-                      tokenizer=tokenizer).save_pretrained(captioner)
-        small = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                     initializer_range=0.5)
-        config = BlipConfig(vision_config=dict(**small, image_size=32, patch_size=8), initializer_range=0.5,
-                            text_config=dict(**small, vocab_size=len(vocab), encoder_hidden_size=32,
-                                             max_position_embeddings=64, bos_token_id=5, pad_token_id=0,
-                                             sep_token_id=3, eos_token_id=3))
-        torch.manual_seed(0)
-        BlipForConditionalGeneration(config).save_pretrained(captioner)
+        save_tiny_blip(captioner, sorted({*WORDS, *FRENCH}))
     if not (rewriter / "config.json").is_file():
         corpus = [" ".join(WORDS[i:i + 12]) for i in range(0, len(WORDS), 6)] + [LACLIP_PROMPT]
         tokenizer = byte_level_tokenizer(rewriter, corpus)
