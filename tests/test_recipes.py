@@ -331,6 +331,7 @@ def test_batch_and_global_steps_follow_the_protocol(shards, plugin, tmp_path, ca
     steps = """
   - {type: test_where, name: where}
   - test_recaption
+  - {type: test_where, name: after_batch}
   - test_concepts
   - {type: test_recaption, name: second_recaption, batch_size: 3}
 """
@@ -339,7 +340,9 @@ def test_batch_and_global_steps_follow_the_protocol(shards, plugin, tmp_path, ca
     code, _, err = run(capsys, recipe, f"input={shards}", f"output={out}", "workers=2")
     assert code == 0, err
     records = [r for r in decisions(out) if r["kept"] or r["step"] != "read"]
-    assert {r["scores"]["where"]["in_main"] for r in records if "where" in r["scores"]} == {0.0}  # in the workers
+    for name in ("where", "after_batch"):  # sample steps run in the workers, a batch step's followers too
+        assert {r["scores"][name]["in_main"] for r in records if name in r["scores"]} == {0.0}
+    assert sum("after_batch" in r["scores"] for r in records) == sum("test_recaption" in r["scores"] for r in records)
     batches = [r["scores"]["test_recaption"] for r in records if "test_recaption" in r["scores"]]
     assert {b["in_main"] for b in batches} == {1.0} and max(b["batch"] for b in batches) == 4
     assert max(r["scores"]["second_recaption"]["batch"] for r in records if "second_recaption" in r["scores"]) == 3

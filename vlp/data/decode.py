@@ -83,6 +83,21 @@ def decode_image(data, max_pixels: int, draft_size: int | None = None) -> Image.
         raise BadSample("corrupt_image") from None
 
 
+def header_size(data: bytes) -> tuple[int, int]:
+    """(width, height) from the image's header, without decoding pixels; BadSample when there is no image."""
+    if not data:
+        raise BadSample("missing_image" if data is None else "empty_image")
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return image.size
+    except Image.UnidentifiedImageError:
+        raise BadSample("unknown_format") from None
+    except Image.DecompressionBombError:
+        raise BadSample("too_large") from None
+    except (OSError, ValueError, SyntaxError, EOFError, IndexError, TypeError):
+        raise BadSample("corrupt_image") from None
+
+
 def clean_caption(text, max_chars: int) -> str:
     """Bytes or str -> stripped str; raises BadSample for missing, non-UTF-8, empty or absurdly long text."""
     if text is None:

@@ -23,7 +23,7 @@ from vlp.errors import ConfigError, DataError
 from vlp.recipes.engine import ENGINES
 from vlp.recipes.layout import Layout
 from vlp.recipes.recipe import RecipeConfig
-from vlp.recipes.shard_job import MapSamples, StageRun, apply_sample_steps, process_shard
+from vlp.recipes.shard_job import MapSamples, StageRun, apply_segment, prepare_threads, process_shard
 from vlp.recipes.stages import Stage
 
 logger = logging.getLogger(__name__)
@@ -60,10 +60,11 @@ class StageJob:
 
 
 def in_process(stage: Stage) -> MapSamples:
-    """Sample steps in the worker's own process, as the local engine runs them with ``workers: 0``: the cluster's
-    parallelism is across shards."""
-    segments = stage.segments
-    return lambda _stage, segment, chunks: (apply_sample_steps(segments[segment], chunk) for chunk in chunks)
+    """Sample steps in the worker's own process, ``prepare`` on its threads, as the local engine runs them with
+    ``workers: 0``: the cluster's parallelism is across shards."""
+    segments, threads = stage.segments, prepare_threads()
+    return lambda _stage, segment, chunks: (apply_segment(stage, segments[segment], chunk, threads.map)
+                                            for chunk in chunks)
 
 
 def run_shard(run: StageRun, row: dict) -> dict:

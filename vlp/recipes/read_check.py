@@ -1,7 +1,12 @@
 """The check every input sample passes first, in stage 0: the members it needs, a usable caption and an image that
 decodes, judged by vlp.data's own rules, so a kept sample is one training reads. Drops use vlp.data's bad-sample
 reasons (``corrupt_image``, ``empty_caption``, ``truncated_shard``, ...; see docs/data.md) and the reader's
-(``malformed_json``, ``duplicate_key``)."""
+(``malformed_json``, ``duplicate_key``).
+
+The image is decoded as the stage's first image-reading step will decode it (``Sample.decode_size``: a JPEG
+draft, as vlp.data decodes for training), so that this decode is that step's too rather than a second one. A
+draft decode still reads every byte of the compressed data, so a truncated or corrupt file fails it as it fails a
+full decode."""
 from __future__ import annotations
 
 from vlp.config import CaptionConfig
@@ -23,4 +28,5 @@ class ReadCheck(SampleStep):
         if sample.problem:
             return drop(sample.problem)
         caption = clean_caption(sample.members.get("txt"), MAX_CHARS)  # raises BadSample
-        return keep(words=len(caption.split()), min_side=min(sample.image.size))
+        sample.decoded(sample.decode_size)  # raises BadSample
+        return keep(words=len(caption.split()), min_side=min(sample.image_size))

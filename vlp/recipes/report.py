@@ -126,7 +126,7 @@ def example_figures(tally: Tally, layout: Layout, stages: list[Stage], shards: l
     kept = [(shard, key) for _, shard, key in tally.kept_examples]
     groups = sorted(tally.dropped_examples.items(), key=lambda item: -tally.reasons[item[0][0]][item[0][1]])
     dropped = [(group, shard, key) for group, picks in groups for _, shard, key in picks][:DROPPED_EXAMPLES]
-    last = [layout.work_shard(stages[-1].index, shard) for shard in range(len(shards))]
+    last = [layout.work_shard(stages[-1].stored_in, shard) for shard in range(len(shards))]
     shown = load_images(group_by_shard(kept), last)
     plots.example_grid([(shown[pick][0], caption_of(shown[pick][1])) for pick in kept if pick in shown],
                        "kept samples", layout.figures / "kept.png")

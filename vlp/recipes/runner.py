@@ -17,8 +17,9 @@ from vlp.recipes.engine import ENGINES
 from vlp.recipes.layout import Layout
 from vlp.recipes.recipe import Recipe
 from vlp.recipes.report import load_report, write_report
-from vlp.recipes.shard_job import StageRun, concatenate
-from vlp.recipes.sink import kept_count, write_sink
+from vlp.recipes.sample import Sample
+from vlp.recipes.shard_job import StageRun, concatenate, write_decisions
+from vlp.recipes.sink import kept_count, kept_keys, write_sink
 from vlp.recipes.stages import Stage, plan_stages
 from vlp.utils import atomic_write_bytes
 
@@ -55,8 +56,25 @@ def stage_size(stage: Stage, layout: Layout, shards: list[str]) -> int | None:
     return None if None in sizes else sum(sizes)
 
 
+def record_verdicts(stage: Stage, layout: Layout, shards: int, verdicts: dict) -> None:
+    """The decisions of a stage that only applies the previous global step's verdicts, from the verdicts alone;
+    the sink applies them to the samples."""
+    for shard in range(shards):
+        if layout.decisions(stage.index, shard).is_file():
+            continue
+        records = []
+        for key in kept_keys(layout, stage.index - 1, shard):
+            sample = Sample(key)
+            sample.judge(stage.applies.name, verdicts[(shard, key)])
+            records.append(sample.record())
+        write_decisions(layout, stage.index, shard, records)
+
+
 def run_stage(stage: Stage, stages: int, engine, layout: Layout, shards: list[str]) -> None:
     verdicts = pickle.loads(layout.global_result(stage.index - 1).read_bytes())["verdicts"] if stage.applies else None
+    if stage.only_applies:
+        record_verdicts(stage, layout, len(shards), verdicts)
+        return
     run = StageRun(stage, stage_inputs(stage, layout, shards), layout, verdicts)
     pending = [shard for shard in range(len(shards)) if not layout.decisions(stage.index, shard).is_file()]
     done = sum(sum(1 for _ in layout.decisions(stage.index, shard).open())
@@ -102,7 +120,7 @@ def run_recipe(recipe: Recipe, overwrite: bool = False) -> dict:
             run_stage(stage, len(stages), engine, layout, shards)
     finally:
         engine.close()
-    sizes = write_sink(layout, stages[-1].index, len(shards), recipe.config.sink.shard_size)
+    sizes = write_sink(layout, stages[-1], len(shards), recipe.config.sink.shard_size)
     report = write_report(recipe, stages, layout, shards, sizes)
     shutil.rmtree(layout.work, ignore_errors=True)
     return report

@@ -44,8 +44,9 @@ class Sample:
     and any other, such as ``cls``); they are written back unchanged except ``json``, which is ``self.json``.
 
     Steps read ``key``, ``image_bytes``/``image_ext``, ``txt`` (the original caption), ``caption`` (the same,
-    whitespace-normalized), ``image`` (decoded on first use) and ``json``; they change a sample only through
-    ``add_captions`` and ``json``. The original ``txt`` is never changed."""
+    whitespace-normalized), ``image`` (decoded on first use), ``image_size``, ``json`` and ``inputs`` (what the
+    workers prepared for the step, see ``vlp.recipes.steps``); they change a sample only through ``add_captions``
+    and ``json``. The original ``txt`` is never changed."""
 
     key: str | None  # None for a lost shard remainder (a truncated or unreadable shard), counted as one sample
     members: dict[str, bytes] = field(default_factory=dict)
@@ -54,7 +55,12 @@ class Sample:
     problem: str | None = None  # why the reader could not take the sample, e.g. "malformed_json"
     dropped_by: tuple[str, str] | None = None  # (step name, reason) once a step drops it
     scores: dict[str, dict[str, float]] = field(default_factory=dict)  # this stage's scores, by step name
-    _image: object = field(default=None, repr=False)
+    inputs: dict[str, object] = field(default_factory=dict, repr=False)  # Step.prepare's results, by step name
+    # the JPEG draft size the stage's first image-reading step decodes at: the read check decodes at it too, so
+    # that the image is decoded once
+    decode_size: int | None = None
+    _decoded: tuple = field(default=(None, None), repr=False)  # (draft size, RGB image) of the last decode
+    _size: tuple[int, int] | None = field(default=None, repr=False)
 
     @property
     def image_bytes(self) -> bytes | None:
@@ -72,13 +78,35 @@ class Sample:
 
     @property
     def image(self):
-        """The RGB PIL image, decoded once; raises ``vlp.data.BadSample`` (the step's verdict becomes a drop under
-        that reason, e.g. ``corrupt_image``) when the bytes cannot be decoded."""
-        if self._image is None:
+        """The RGB PIL image at full size, decoded once; raises ``vlp.data.BadSample`` (the step's verdict becomes a
+        drop under that reason, e.g. ``corrupt_image``) when the bytes cannot be decoded."""
+        return self.decoded(None)
+
+    def decoded(self, draft_size: int | None):
+        """The RGB PIL image, a JPEG decoded at reduced scale while both sides stay at least ``draft_size`` (None:
+        full size), as vlp.data decodes for a model of that input size. The last decode is kept, so steps asking
+        for the same size share it."""
+        if self._decoded[1] is None or self._decoded[0] != draft_size:
             from vlp.data.decode import decode_image  # vlp.data imports torch; a bad recipe should fail before it
 
-            self._image = decode_image(self.image_bytes, MAX_PIXELS)
-        return self._image
+            image = decode_image(self.image_bytes, MAX_PIXELS, draft_size)
+            self._decoded = (draft_size, image)
+            if draft_size is None:
+                self._size = image.size
+        return self._decoded[1]
+
+    def forget_image(self) -> None:
+        """Let the decoded image go (it is decoded again if asked for)."""
+        self._decoded = (None, None)
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """(width, height) of the stored image, read from its header: no pixels are decoded."""
+        if self._size is None:
+            from vlp.data.decode import header_size
+
+            self._size = header_size(self.image_bytes)
+        return self._size
 
     def add_captions(self, field_name: str, texts: list[str], source: str) -> None:
         """Append synthetic captions to ``json[field_name]`` (a list) and record where they came from in
@@ -100,7 +128,19 @@ class Sample:
             self.json.setdefault("scores", {})[step] = scores
         if not verdict.keep:
             self.dropped_by = (step, verdict.reason)
-            self.members, self._image = {}, None  # a dropped sample's bytes need not travel between processes
+            # a dropped sample's bytes need not travel between processes
+            self.members, self.inputs, self._decoded = {}, {}, (None, None)
+
+    def outcome(self) -> dict:
+        """What steps may change (``json``, the verdicts, ``inputs``): all a worker sends back, the main process
+        holding the sample's bytes already."""
+        return {"json": self.json, "scores": self.scores, "dropped_by": self.dropped_by, "inputs": self.inputs}
+
+    def take(self, outcome: dict) -> None:
+        """Take a worker's ``outcome`` of this sample."""
+        self.__dict__.update(outcome)
+        if self.dropped:
+            self.members = {}
 
     def record(self) -> dict:
         """The line of the decisions file for this sample."""
@@ -115,4 +155,4 @@ class Sample:
         return members
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_image": None}  # the decoded image is re-made on demand, not pickled
+        return {**self.__dict__, "_decoded": (None, None)}  # the decoded image is re-made on demand, not pickled

@@ -3,9 +3,11 @@
 global step that ends the stage, and the decisions file, in that order: the decisions file marks the shard done."""
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import pickle
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator
 
@@ -15,8 +17,9 @@ from vlp.data.decode import BadSample
 from vlp.recipes.layout import Layout
 from vlp.recipes.sample import Sample, Verdict, drop
 from vlp.recipes.shards import ShardWriter, read_samples
-from vlp.recipes.stages import Stage
+from vlp.recipes.stages import Segment, Stage
 from vlp.recipes.steps import BatchStep, Step
+from vlp.recipes.steps.similarity import cores
 from vlp.utils import atomic_write_bytes, atomic_write_text
 
 # (stage index, segment index, chunks) -> the chunks with the segment's sample steps applied, in order
@@ -31,7 +34,10 @@ class StageRun:
     verdicts: dict | None  # the previous global step's verdicts by (shard index, key)
 
 
-def apply_sample_steps(steps: list[Step], samples: list[Sample]) -> list[Sample]:
+def apply_sample_steps(steps: list[Step], samples: list[Sample], keep_decoded: bool = False) -> list[Sample]:
+    """The steps on each sample in turn. Its decoded image is let go once its steps are done, unless
+    ``keep_decoded`` (a draft decode that the next step's ``prepare`` reuses), so that a chunk of full-size
+    images is never held at once."""
     for sample in samples:
         for step in steps:
             if sample.dropped:
@@ -41,6 +47,44 @@ def apply_sample_steps(steps: list[Step], samples: list[Sample]) -> list[Sample]
             except BadSample as bad:  # e.g. an image that does not decode
                 verdict = drop(bad.reason)
             sample.judge(step.name, verdict)
+        if not keep_decoded:
+            sample.forget_image()
+    return samples
+
+
+@functools.cache
+def prepare_threads() -> ThreadPoolExecutor:
+    """Threads for ``prepare`` where there are no worker processes: PIL's decoders and resizes release the GIL."""
+    return ThreadPoolExecutor(cores(), thread_name_prefix="recipe-prepare")
+
+
+def prepare_inputs(step: Step, samples: list[Sample], map_each: Callable = map) -> None:
+    """``step.prepare`` on the live samples (through ``map_each``: a thread pool's ``map`` where there are no
+    worker processes), into ``sample.inputs[step.name]``; a BadSample drops the sample under the step."""
+    def prepared(sample: Sample):
+        try:
+            return step.prepare(sample)
+        except BadSample as bad:
+            return bad
+        finally:
+            sample.forget_image()
+
+    live = [sample for sample in samples if not sample.dropped]
+    for sample, result in zip(live, map_each(prepared, live)):
+        if isinstance(result, BadSample):
+            sample.judge(step.name, drop(result.reason))
+        else:
+            sample.inputs[step.name] = result
+
+
+def apply_segment(stage: Stage, segment: Segment, samples: list[Sample], map_each: Callable = map) -> list[Sample]:
+    """The segment's sample steps, then what the step it feeds prepares; what a worker does with a chunk."""
+    decode_size = stage.decode_size()
+    for sample in samples:
+        sample.decode_size = decode_size
+    apply_sample_steps(segment.steps, samples, keep_decoded=segment.prepares and decode_size is not None)
+    if segment.prepares:
+        prepare_inputs(segment.feeds, samples, map_each)
     return samples
 
 
@@ -56,7 +100,14 @@ def apply_batch_step(step: BatchStep, samples: list[Sample]) -> list[Sample]:
     for start in range(0, len(live), step.batch_size):
         batch = live[start:start + step.batch_size]
         judge_batch(step, batch, step.apply_batch(batch))
+        consumed(step, batch)
     return samples
+
+
+def consumed(step: Step, samples: list[Sample]) -> None:
+    """Free what was prepared for ``step`` once it has seen the samples."""
+    for sample in samples:
+        sample.inputs.pop(step.name, None)
 
 
 def chunks_of(run: StageRun, shard: int) -> Iterator[list[Sample]]:
@@ -73,10 +124,10 @@ def staged(run: StageRun, shard: int, map_samples: MapSamples) -> Iterator[list[
     later chunks while this process runs batch steps and writes earlier ones."""
     stream: Iterable[list[Sample]] = chunks_of(run, shard)
     for index, segment in enumerate(run.stage.segments):
-        if segment[0].kind == "sample":
+        if segment.in_workers:
             stream = map_samples(run.stage.index, index, stream)
-        else:
-            stream = (apply_batch_step(segment[0], chunk) for chunk in stream)
+        if segment.feeds is not None and segment.feeds.kind == "batch":
+            stream = map(functools.partial(apply_batch_step, segment.feeds), stream)
     return iter(stream)
 
 
@@ -94,6 +145,7 @@ def signatures_of(step, samples: list[Sample]) -> list:
     for start in range(0, len(samples), step.batch_size):
         batch = samples[start:start + step.batch_size]
         parts.append(step.signatures(batch))
+        consumed(step, batch)
         if len(parts[-1]) != len(batch):
             raise RuntimeError(f"recipe step {step.name} returned {len(parts[-1])} signatures for {len(batch)} "
                                "samples")
@@ -115,5 +167,10 @@ def process_shard(run: StageRun, shard: int, map_samples: MapSamples, progress: 
             progress(len(chunk))
     if stage.ends_with is not None:
         atomic_write_bytes(layout.signatures(stage.index, shard), pickle.dumps((keys, concatenate(signatures))))
-    atomic_write_text(layout.decisions(stage.index, shard), "".join(
+    write_decisions(layout, stage.index, shard, records)
+
+
+def write_decisions(layout: Layout, stage: int, shard: int, records: list[dict]) -> None:
+    """The decisions file: one line per sample that entered the stage; written last, it marks the shard done."""
+    atomic_write_text(layout.decisions(stage, shard), "".join(
         json.dumps(record, ensure_ascii=False) + "\n" for record in records))

@@ -6,9 +6,27 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from vlp.recipes.read_check import ReadCheck
-from vlp.recipes.steps import GlobalStep, Step
+from vlp.recipes.steps import GlobalStep, SampleStep, Step
 
 CHUNK_SAMPLES = 64  # samples per task sent to a worker: small enough to balance, large enough to amortize
+
+
+@dataclass
+class Segment:
+    """A run of sample steps, done in the workers, and the batch or global step that takes its survivors next
+    (``feeds``; None at the end of a stage without a global step), whose ``prepare`` the workers run too."""
+
+    steps: list[SampleStep]
+    feeds: Step | None
+
+    @property
+    def prepares(self) -> bool:
+        return self.feeds is not None and self.feeds.prepares
+
+    @property
+    def in_workers(self) -> bool:
+        """Whether the workers have anything to do for this segment."""
+        return bool(self.steps) or self.prepares
 
 
 @dataclass
@@ -19,16 +37,20 @@ class Stage:
     applies: GlobalStep | None = None  # the previous stage's global step, whose verdicts come first
 
     @property
-    def segments(self) -> list[list[Step]]:
-        """The steps in runs of one kind: each run of sample steps goes to the workers as one task per chunk,
-        each batch step runs in the main process."""
-        runs: list[list[Step]] = []
+    def segments(self) -> list[Segment]:
+        """The stage as segments: each batch step, and the global step that ends the stage, gets the run of sample
+        steps before it (possibly none); the sample steps after the last batch step of a stage without a global
+        step end it."""
+        segments, run = [], []
         for step in self.steps:
-            if runs and step.kind == "sample" and runs[-1][-1].kind == "sample":
-                runs[-1].append(step)
+            if step.kind == "sample":
+                run.append(step)
             else:
-                runs.append([step])
-        return runs
+                segments.append(Segment(run, step))
+                run = []
+        if run or self.ends_with is not None:
+            segments.append(Segment(run, self.ends_with))
+        return segments
 
     @property
     def chunk_size(self) -> int:
@@ -37,9 +59,27 @@ class Stage:
         return max([CHUNK_SAMPLES, *batched])
 
     @property
+    def only_applies(self) -> bool:
+        """A stage with nothing to do but apply the previous global step's verdicts (a recipe ending with a global
+        step): its decisions follow from the verdicts alone, and its survivors are read from the stage before."""
+        return self.applies is not None and not self.steps and self.ends_with is None
+
+    @property
+    def stored_in(self) -> int:
+        """The stage whose work shards hold this stage's survivors (and, for a stage that only applies verdicts,
+        its dropped samples too)."""
+        return self.index - 1 if self.only_applies else self.index
+
+    @property
     def all_steps(self) -> list[Step]:
         """Every step that judges this stage's samples, in order."""
         return [step for step in (self.applies, *self.steps, self.ends_with) if step is not None]
+
+    def decode_size(self) -> int | None:
+        """The draft size of the stage's first step that decodes images at a draft in ``prepare``, at which the
+        read check decodes them too (None: full size)."""
+        sizes = [segment.feeds.decode_size for segment in self.segments if segment.prepares]
+        return next((size for size in sizes if size is not None), None)
 
 
 def plan_stages(steps: list[Step]) -> list[Stage]:

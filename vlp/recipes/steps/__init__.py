@@ -23,6 +23,14 @@ Three kinds, by what a step needs to decide:
   ``summary(ids, signatures, verdicts)`` may return a JSON-able dict for the report: an analysis-only step (concept
   frequencies, say) is a global step whose ``decide`` keeps everything and whose ``summary`` holds the table.
 
+Work per sample that a batch or global step needs before it sees the sample (decoding and preprocessing an image for
+a model, hashing an image) goes in ``prepare(sample)``: the engine runs it in the worker processes (threads, where
+there are none) on the samples that reach the step, and the step finds the result in ``sample.inputs[self.name]``.
+A step that decodes images there sets ``decode_size`` (the JPEG draft size it decodes at, ``sample.decoded(size)``):
+when it is the first step of a stage to read the image, the read check decodes at that size, and the decode is
+shared. ``load()`` loads what the step needs (its model) in the main process; the local engine calls it before it
+starts the stage's workers, which inherit it, so ``prepare`` can use it.
+
 A :class:`vlp.recipes.sample.Verdict` (made with ``keep(**scores)`` or ``drop(reason, **scores)``) keeps or drops
 the sample; drop reasons are short snake_case names, counted per step in the report; scores are floats, written to
 the kept sample's ``key.json`` under ``scores.<step name>`` and drawn as histograms, with the values returned by
@@ -48,8 +56,23 @@ class Step:
     kind: ClassVar[str]
     Config: ClassVar[type]
 
+    prepares: ClassVar[bool] = False  # whether ``prepare`` does anything (the engine skips it otherwise)
+
     def __init__(self, name: str, config):
         self.name, self.config = name, config
+
+    def load(self) -> None:
+        """Load what the step needs (a model), in the main process, before the stage's workers start."""
+
+    @property
+    def decode_size(self) -> int | None:
+        """The JPEG draft size ``prepare`` decodes images at (None: full size)."""
+        return None
+
+    def prepare(self, sample: Sample):
+        """Per-sample work done in the workers before this (batch or global) step sees the sample; the result goes
+        to ``sample.inputs[self.name]``."""
+        return None
 
     def thresholds(self) -> dict[str, list[float]]:
         """Score name -> the cut-offs this step applies to it, marked on the report's histograms."""

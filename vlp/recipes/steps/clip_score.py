@@ -66,7 +66,7 @@ class ClipScore(ModelStep):
         captions = [captions_of(sample, self.config.captions) for sample in samples]
         texts = [text for found in captions for _, text in found]
         owners = np.repeat(np.arange(len(samples)), [len(found) for found in captions])
-        images = self.encoder.images(samples)
+        images = self.images(samples)
         similarity = (self.encoder.texts(texts) * images[owners]).sum(axis=1) if texts else np.empty(0)
         scores, start = [], 0
         for sample, found in zip(samples, captions):

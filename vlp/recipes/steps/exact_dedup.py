@@ -18,9 +18,14 @@ class ExactDedupConfig:
 @STEPS.register("exact_dedup")
 class ExactDedup(GlobalStep):
     Config = ExactDedupConfig
+    prepares = True
+
+    def prepare(self, sample: Sample) -> bytes:
+        return hashlib.sha1(sample.image_bytes).digest()
 
     def signatures(self, samples: list[Sample]) -> list[bytes]:
-        return [hashlib.sha1(sample.image_bytes).digest() for sample in samples]
+        return [sample.inputs[self.name] if self.name in sample.inputs else self.prepare(sample)
+                for sample in samples]
 
     def decide(self, ids: list[tuple[int, str]], signatures: list[bytes]) -> list[Verdict]:
         seen: set[bytes] = set()

@@ -31,7 +31,7 @@ class ImageSize(SampleStep):
 
     def apply(self, sample: Sample) -> Verdict:
         c = self.config
-        width, height = sample.image.size
+        width, height = sample.image_size
         scores = {"min_side": min(width, height), "aspect": max(width, height) / min(width, height),
                   "bytes": len(sample.image_bytes)}
         if c.min_side is not None and scores["min_side"] < c.min_side:

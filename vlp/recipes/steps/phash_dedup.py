@@ -1,8 +1,8 @@
 """``phash_dedup``: drop near-duplicate images (resized, re-encoded, lightly edited copies): those whose perceptual
 hash (imagehash's pHash) is within ``max_distance`` bits of an earlier kept image's; the first in input order stays.
 
-A dropped sample's score is its Hamming distance to the nearest earlier kept image. Images are hashed by a thread
-pool (PIL's decoders release the GIL); with ``fast_decode`` a JPEG decodes at 1/2 to 1/8 scale, still at least the
+A dropped sample's score is its Hamming distance to the nearest earlier kept image. Images are hashed in
+``prepare``, by the engine's workers; with ``fast_decode`` a JPEG decodes at 1/2 to 1/8 scale, still at least the
 ``4 * hash_size`` pixels pHash looks at, several times faster and within a bit or two of the full-size hash. The
 pairs within range come from a faiss multi-index hash range search (``IndexBinaryMultiHash``), so the work grows
 with the number of near pairs, not with the square of the number of images; identical hashes are searched once."""
@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 
 from vlp.errors import ConfigError
-from vlp.recipes.sample import MAX_PIXELS, Sample, Verdict, drop, keep
+from vlp.recipes.sample import Sample, Verdict, drop, keep
 from vlp.recipes.steps import STEPS, GlobalStep
-from vlp.recipes.steps.similarity import cores
 
 MAX_TABLE_BITS = 64  # faiss hashes a table's bits into one 64-bit key
 
@@ -31,14 +29,11 @@ class PhashDedupConfig:
     batch_size: int = 256
 
 
-def phash_bits(sample: Sample, hash_size: int, fast_decode: bool) -> np.ndarray:
-    """The pHash of the sample's image as packed bits (zero-padded to whole bytes: faiss wants them, and padding adds
-    no distance)."""
+def phash_bits(image, hash_size: int) -> np.ndarray:
+    """The pHash of a PIL image as packed bits (zero-padded to whole bytes: faiss wants them, and padding adds
+    nothing to a distance)."""
     import imagehash  # imports scipy: only once images are hashed
-    from vlp.data.decode import decode_image  # imports torch: only once images are hashed
 
-    # pHash shrinks the image to a (4 * hash_size)-pixel square first (imagehash's highfreq_factor)
-    image = decode_image(sample.image_bytes, MAX_PIXELS, 4 * hash_size) if fast_decode else sample.image
     return np.packbits(imagehash.phash(image, hash_size=hash_size).hash.flatten())
 
 
@@ -87,6 +82,7 @@ def kept_codes(count: int, queries: np.ndarray, neighbours: np.ndarray) -> np.nd
 @STEPS.register("phash_dedup")
 class PhashDedup(GlobalStep):
     Config = PhashDedupConfig
+    prepares = True
 
     def __init__(self, name: str, config: PhashDedupConfig):
         super().__init__(name, config)
@@ -96,16 +92,21 @@ class PhashDedup(GlobalStep):
             raise ConfigError(f"config key 'max_distance' must be in [0, {config.hash_size ** 2 - 1}] (the hash "
                               f"has {config.hash_size ** 2} bits), got {config.max_distance}")
         self.group_sizes: Counter = Counter()  # kept code -> images in its group, set by decide for summary
-        self.hashers: ThreadPoolExecutor | None = None  # made on first use, in the main process
+
+    @property
+    def decode_size(self) -> int | None:
+        # pHash shrinks the image to a (4 * hash_size)-pixel square first (imagehash's highfreq_factor)
+        return 4 * self.config.hash_size if self.config.fast_decode else None
+
+    def prepare(self, sample: Sample) -> np.ndarray:
+        return phash_bits(sample.decoded(self.decode_size), self.config.hash_size)
 
     def thresholds(self) -> dict[str, list[float]]:
         return {"distance": [self.config.max_distance]}
 
     def signatures(self, samples: list[Sample]) -> np.ndarray:
-        if self.hashers is None:
-            self.hashers = ThreadPoolExecutor(cores(), thread_name_prefix="phash")
-        c = self.config
-        return np.stack(list(self.hashers.map(lambda sample: phash_bits(sample, c.hash_size, c.fast_decode), samples)))
+        return np.stack([sample.inputs[self.name] if self.name in sample.inputs else self.prepare(sample)
+                         for sample in samples])
 
     def decide(self, ids: list[tuple[int, str]], signatures) -> list[Verdict]:
         if not len(ids):

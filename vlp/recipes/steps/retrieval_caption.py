@@ -42,6 +42,7 @@ def read_bank(path: str | None) -> list[str]:
 @STEPS.register("retrieval_caption")
 class RetrievalCaption(BatchStep):
     Config = RetrievalCaptionConfig
+    prepares = True  # the workers decode and preprocess its images
 
     def __init__(self, name: str, config: RetrievalCaptionConfig):
         super().__init__(name, config)
@@ -58,6 +59,8 @@ class RetrievalCaption(BatchStep):
         import faiss
         import numpy as np
 
+        if self.encoder is not None:
+            return
         with loading(self.name):
             self.encoder = load_encoder(self.config)
         size = self.config.batch_size
@@ -66,11 +69,18 @@ class RetrievalCaption(BatchStep):
         self.index = faiss.IndexFlatIP(embeddings.shape[1])
         self.index.add(embeddings)
 
+    @property
+    def decode_size(self) -> int | None:
+        self.load()
+        return self.encoder.draft_size
+
+    def prepare(self, sample: Sample):
+        return self.encoder.prepare(sample)
+
     def apply_batch(self, samples: list[Sample]) -> list[Verdict]:
-        if self.encoder is None:
-            self.load()
+        self.load()
         # one more than needed: the sample's own caption, if the bank has it, is passed over
-        similarities, indices = self.index.search(self.encoder.images(samples),
+        similarities, indices = self.index.search(self.encoder.images(samples, self.name),
                                                   min(self.config.top_k + 1, len(self.bank)))
         verdicts = []
         for sample, values, found in zip(samples, similarities.tolist(), indices.tolist()):
