@@ -4,13 +4,13 @@ all of them. An engine is a class registered in ``ENGINES``, built with the stag
 shard with ``vlp.recipes.shard_job.process_shard``, which commits it) and ``close()``. ``local`` runs on this
 machine: shards one after the other; each segment's sample steps and ``prepare`` (decoding and preprocessing images
 for a model) in a pool of forked worker processes, started for each stage once its steps have loaded their models,
-fed a bounded window of chunks split into tasks; batch steps, signatures and writing in the main process. ``ray``
-(``engine_ray.py``) runs shards on a Ray cluster."""
+at a lower priority than the main process, fed a bounded window of chunks split into tasks; batch steps,
+signatures and writing in the main process. ``ray`` (``engine_ray.py``) runs shards on a Ray cluster."""
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import multiprocessing
+import os
 import signal
 import sys
 from collections import deque
@@ -25,6 +25,7 @@ from vlp.utils import Registry
 
 ENGINES: Registry = Registry("recipe engine")
 PR_SET_PDEATHSIG = 1
+WORKER_NICENESS = 10
 
 _stages: list[Stage] = []  # set before the workers fork, so that they inherit the steps rather than unpickle them
 
@@ -48,23 +49,10 @@ def _start_worker() -> None:
         pass
     if "torch" in sys.modules:  # forked from a process whose torch threads are running: use none of our own
         sys.modules["torch"].set_num_threads(1)
-
-
-@contextlib.contextmanager
-def torch_threads(count: int | None):
-    """Torch's intra-op threads in this process set to ``count`` (None: left alone) for the block: the cores the
-    workers leave free. More would spin against the workers for the same cores, and on a busy CPU torch's
-    threads waiting for one another make each op many times slower."""
-    torch = sys.modules.get("torch")
-    if count is None or torch is None:
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(min(count, before))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+    # the main process is the pipeline's one serial part, running the model the workers feed: it comes first on a
+    # busy CPU, and the workers take the rest (with equal shares, its torch threads and the workers would preempt
+    # one another, and torch's threads waiting for one another at every op make each op many times slower)
+    os.nice(WORKER_NICENESS)
 
 
 def tasks_of(chunk: list[Sample]) -> list[list[Sample]]:
@@ -115,9 +103,8 @@ class LocalEngine:
         if self.workers > 0 and any(segment.in_workers for segment in run.stage.segments):
             self.pool = multiprocessing.get_context("fork").Pool(self.workers, initializer=_start_worker)
         try:
-            with torch_threads(max(1, cores() - self.workers) if self.pool else None):
-                for shard in shards:
-                    process_shard(run, shard, self.map_samples, progress)
+            for shard in shards:
+                process_shard(run, shard, self.map_samples, progress)
         finally:
             self.stop_workers()
 

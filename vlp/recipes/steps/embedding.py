@@ -63,7 +63,7 @@ class SplitPreprocess:
     """A preprocess (PIL image -> [3, S, S] float tensor) cut where the image becomes a tensor: ``per_image`` (the
     PIL transforms before it, then the pixels as a uint8 [H, W, C] array, cheap to send between processes) and
     ``batched`` (the list of arrays -> the [N, 3, S, S] batch: the conversion and every transform after it on the
-    whole batch; the usual scale-to-[0, 1]-then-Normalize in one multiply-add per image, straight into the batch).
+    whole batch; the usual scale-to-[0, 1]-then-Normalize as one multiply and one add).
     Checked against the whole preprocess on test images; a preprocess that cannot be cut (not a torchvision
     Compose, no PIL-to-tensor transform, a later transform that does not take a batch, or numbers that differ) runs
     whole per image, and ``batched`` stacks."""
@@ -140,14 +140,11 @@ class SplitPreprocess:
 
         if self.pil is None:
             return torch.from_numpy(np.stack(arrays)).contiguous()
-        if self.affine is not None:
+        pixels = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
+        if self.affine is not None:  # a few ops over the whole batch: each op is a sync point of torch's threads
             scale, shift = self.affine
-            height, width, channels = arrays[0].shape
-            batch = torch.empty((len(arrays), channels, height, width))
-            for row, pixels in zip(batch, arrays):
-                torch.addcmul(shift, torch.from_numpy(pixels).permute(2, 0, 1), scale, out=row)
-            return batch
-        batch = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+            return torch.empty(pixels.shape).copy_(pixels).mul_(scale).add_(shift)
+        batch = pixels.contiguous()
         if self.scale:
             batch = batch.float().div(255)
         for transform in self.tensor:
