@@ -24,6 +24,7 @@ from datagen import encode, write_shard
 from vlp.cli import main
 from vlp.data import iter_in_order, load_default, open_sources
 from vlp.data.pipeline import caption_candidates
+from vlp.recipes import load_recipe
 
 REPO = Path(__file__).resolve().parents[1]
 FASHION = load_default("val")
@@ -317,8 +318,8 @@ def test_overwrite_replaces_an_earlier_run(shards, tmp_path, capsys):
     recipe = write_recipe(tmp_path / "short.yaml", "\n  - caption_length: {min_words: 2}\n", shard_size=100)
     out = tmp_path / "out"
     assert run(capsys, recipe, f"input={shards}", f"output={out}", "workers=0")[0] == 0
-    code, stdout, _ = run(capsys, recipe, f"input={shards}", f"output={out}", "steps.caption_length.min_words=8",
-                          "workers=0", "--overwrite")
+    code, stdout, _ = run(capsys, recipe, "--overwrite", f"input={shards}", f"output={out}",  # flags anywhere
+                          "steps.caption_length.min_words=8", "workers=0")
     report, kept = json.loads((out / "report.json").read_text()), output_samples(out)
     dropped = report["steps"][1]["dropped"]["too_few_words"]
     assert code == 0 and dropped > 1 and len(kept) + dropped + 4 == 41 and f"kept {len(kept)} of 41" in stdout
@@ -373,6 +374,8 @@ def test_batch_and_global_steps_follow_the_protocol(shards, plugin, tmp_path, ca
     ("\n  - caption_length\n", ["sink.shard_size=0"], "'sink.shard_size' must be at least 1, got 0"),
     ("\n  - caption_length\n", ["engine=spark"], "unknown recipe engine 'spark'; valid: local"),
     ("\n  - caption_length\n", ["imports=[no_such_module_here]"], "imports: cannot import 'no_such_module_here'"),
+    ("\n  - caption_length\n", ["defaults.modle=runs/x"],
+     "'defaults.modle': no step of the recipe has an option 'modle' left unset"),
 ])
 def test_a_bad_recipe_is_one_line_naming_the_file_step_and_key(tmp_path, capsys, shards, steps, overrides,
                                                                  expected):
@@ -381,6 +384,20 @@ def test_a_bad_recipe_is_one_line_naming_the_file_step_and_key(tmp_path, capsys,
     assert code == 2 and err.count("\n") == 1, err
     assert err.startswith(f"vlp recipe: error: recipe {recipe}: {expected}")
     assert not (tmp_path / "out").exists()
+
+
+def test_defaults_fill_every_step_that_leaves_the_option_unset(tmp_path):
+    shared, own = tmp_path / "shared_model", tmp_path / "own_model"
+    shared.mkdir(), own.mkdir()
+    recipe = write_recipe(tmp_path / "r.yaml", "\n  - embedding_dedup: {}\n  - clip_score: {model: null}\n"
+                                               f"  - cluster_balance: {{model: {own}, clusters: 2, per_cluster: 5}}\n")
+    loaded = load_recipe(recipe, ["input=x", "output=y", f"defaults.model={shared}", "defaults.batch_size=32"])
+    assert [step.config.model for step in loaded.steps] == [str(shared), str(shared), str(own)]
+    assert [step.config.batch_size for step in loaded.steps] == [32, 32, 32]
+    assert [options["model"] for options in loaded.resolved["steps"]] == [str(shared), str(shared), str(own)]
+    each = [f"steps.{name}.{key}={value}" for name in ("embedding_dedup", "clip_score", "cluster_balance")
+            for key, value in (("model", shared), ("batch_size", 32)) if (name, key) != ("cluster_balance", "model")]
+    assert load_recipe(recipe, ["input=x", "output=y", *each]).fingerprint == loaded.fingerprint  # the same run
 
 
 def test_missing_inputs_and_settings_are_named(tmp_path, capsys):

@@ -80,8 +80,21 @@ def one_line(err: Exception) -> str:
     return text
 
 
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    """The command line, with ``key=value`` overrides taken wherever they stand: argparse alone stops collecting
+    them at the first flag (``vlp recipe run r.yaml --overwrite input=...``)."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    unknown = [arg for arg in extra if arg.startswith("-") or not hasattr(args, "overrides")]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse(argv)
     try:
         args.func(args)
     except (ConfigError, DataError, FloatingPointError, FileNotFoundError, FileExistsError) as err:

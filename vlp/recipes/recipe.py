@@ -4,6 +4,8 @@
 Steps are written in a short form, ``- caption_length: {min_words: 2}`` (or ``- exact_dedup``), or an explicit one,
 ``- {type: clip_score, name: score_original, min_score: 0.2}``, which lets one type appear twice under different
 names. Overrides address a step by index or by name: ``steps.0.min_words=3``, ``steps.language.keep=[en,de]``.
+``defaults`` gives an option to every step that has it and leaves it unset: ``defaults.model=runs/vit_b32`` sets the
+model of every model step at once.
 """
 from __future__ import annotations
 
@@ -22,7 +24,8 @@ from vlp.recipes.steps import STEPS, Step
 
 STEP_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 RESERVED_NAMES = ("read",)  # the engine's own check of every input sample
-RUN_SETTINGS = ("output", "engine", "workers", "ray")  # how a run goes, not what it produces
+# how a run goes, not what it produces (``defaults`` is in the steps' own options once they are resolved)
+RUN_SETTINGS = ("output", "engine", "workers", "ray", "defaults")
 AS_TYPED = (["input"], ["output"], ["ray", "address"])  # override values taken as typed, not read as YAML
 
 
@@ -51,6 +54,8 @@ class RecipeConfig:
     workers: int | None = None  # local engine: processes for sample steps; None: min(cores, 4); 0: main process
     ray: RayConfig = field(default_factory=RayConfig)
     imports: list[str] = field(default_factory=list)  # modules to import first: they can register more steps
+    # options for every step that has them and leaves them unset, e.g. {model: runs/vit_b32} for all model steps
+    defaults: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -112,8 +117,9 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
-def build_step(entry: dict, index: int, names: set[str]) -> tuple[Step, dict]:
-    """The step of an explicit entry, and its resolved options; errors name the step by index and name."""
+def build_step(entry: dict, index: int, names: set[str], defaults: dict, used: set[str]) -> tuple[Step, dict]:
+    """The step of an explicit entry, and its resolved options, with ``defaults`` for the options it leaves unset
+    (recorded in ``used``); errors name the step by index and name."""
     entry = dict(entry)
     kind, name = entry.pop("type"), entry.pop("name")
     where = f"step {index} ({name})"
@@ -126,6 +132,10 @@ def build_step(entry: dict, index: int, names: set[str]) -> tuple[Step, dict]:
         cls = STEPS.get(kind)
     except KeyError as err:
         raise ConfigError(f"step {index}: {err.args[0]}") from None
+    for option in (spec.name for spec in dataclasses.fields(cls.Config)):
+        if option in defaults and entry.get(option) is None:
+            entry[option] = defaults[option]
+            used.add(option)
     try:
         config = from_dict(cls.Config, entry)
         step = cls(name, config)
@@ -161,11 +171,17 @@ def parse_recipe(data: dict, overrides: list[str]) -> tuple[RecipeConfig, list[S
     data["steps"] = [explicit_step(item, i) for i, item in enumerate(steps)]
     config = from_dict(RecipeConfig, apply_overrides(data, list(overrides)))
     import_modules(config.imports)
-    built, names = [], set()
+    if not isinstance(config.defaults, dict):
+        raise ConfigError(f"'defaults' must map step options to values, e.g. {{model: runs/vit_b32}}; got "
+                          f"{config.defaults!r}")
+    built, names, used = [], set(), set()
     for index, entry in enumerate(config.steps):
-        step, options = build_step(entry, index, names)
+        step, options = build_step(entry, index, names, config.defaults, used)
         built.append((step, options))
         names.add(step.name)
+    for option in config.defaults:
+        if option not in used:
+            raise ConfigError(f"'defaults.{option}': no step of the recipe has an option '{option}' left unset")
     check_settings(config)
     resolved = {**dataclasses.asdict(config), "steps": [options for _, options in built]}
     return config, [step for step, _ in built], resolved
