@@ -15,7 +15,7 @@ from vlp.errors import ConfigError
 from vlp.recipes.sample import Sample, Verdict, keep
 from vlp.recipes.steps import STEPS, BatchStep
 from vlp.recipes.steps.embedding import Encoder, ModelOptions, check_model_options, load_encoder
-from vlp.recipes.steps.recaption import loading
+from vlp.recipes.steps.generation import loading
 
 
 @dataclass

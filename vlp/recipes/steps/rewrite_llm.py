@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from vlp.errors import ConfigError
 from vlp.recipes.sample import Sample, Verdict, keep
 from vlp.recipes.steps import STEPS, BatchStep
-from vlp.recipes.steps.recaption import (check_generation, check_model_type, device_for, distinct_texts,
-                                         generation_kwargs, loading, model_directory, seeded)
+from vlp.recipes.steps.generation import (GenerationOptions, check_generation, check_model_type, device_for,
+                                          distinct_texts, generation_kwargs, loading, model_directory, seeded)
 
 # LaCLIP's in-context format, "write image captions differently," then "source => target" pairs; these pairs are
 # our own, not the paper's (it drew three of its pairs at random for each caption)
@@ -30,19 +30,14 @@ vintage leather handbag for sale, brown => a brown leather handbag in vintage st
 
 
 @dataclass
-class RewriteLlmConfig:
+class RewriteLlmConfig(GenerationOptions):
     model: str | None = None  # a local directory with an HF text-generation model and its tokenizer
     field: str = "rewrite"  # key.json field for the rewrites
     prompt: str = LACLIP_PROMPT  # the template, with {caption}
     num_rewrites: int = 1  # per caption; more than one needs do_sample, or num_beams at least as large
-    max_new_tokens: int = 77
-    num_beams: int = 1
-    do_sample: bool = False
-    temperature: float = 0.9  # with do_sample
-    top_p: float = 0.95  # with do_sample
-    seed: int = 0
-    batch_size: int = 16
-    device: str | None = None  # e.g. cuda:1; None: cuda when there is one, else cpu
+    max_new_tokens: int = 77  # LaCLIP's, the CLIP text context
+    temperature: float = 0.9  # LaCLIP's, with do_sample
+    top_p: float = 0.95
 
 
 class Rewriter:
