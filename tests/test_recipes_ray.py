@@ -1,7 +1,8 @@
 """``vlp recipe run --engine ray`` against a local Ray instance, on test_recipes.py's planted shards: the same recipe
 writes the same bytes as the local engine (output shards, decisions, report), with the same accounting; a stage
 with a batch step runs on an actor that loads its model once; a run stopped part-way on the local engine finishes
-on Ray; a finished run is left alone; a step's one-line error on a worker is the local engine's line. Without Ray,
+on Ray; a model step (clip_score) scores on an actor as locally; a finished run is left alone; a step's one-line
+error on a worker is the local engine's line. Without Ray,
 ``--engine ray`` is one line saying how to install it."""
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ import yaml
 from test_recipes import (  # noqa: F401  (shards: the fixture)
     CLEAN_STEPS, PLANTED, decisions, last_line, run, shards, snapshot, write_recipe)
 from vlp.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
 
 PLUGIN = '''
 """Steps for the Ray engine's tests: a batch step standing in for a captioning model, which records each load of
@@ -151,6 +154,24 @@ def test_ray_writes_the_bytes_the_local_engine_writes(ray_instance, reference, s
     code, stdout, _ = run(capsys, recipe, f"input={shards}", f"output={out}", "--engine", "ray")
     assert code == 0 and "kept 28 of 41 samples in 4 shards" in stdout
     assert {path: (path.stat().st_mtime_ns, path.read_bytes()) for path in out.rglob("*") if path.is_file()} == files
+
+
+@pytest.mark.slow
+def test_a_model_step_on_ray_scores_as_on_the_local_engine(ray_instance, shards, tiny_run, tmp_path,
+                                                            capsys):  # noqa: F811
+    """clip_score on a Ray actor, its images prepared on the actor's threads and the read check's decode shared,
+    writes the bytes two local worker processes do."""
+    runs = {}
+    for engine in ("local", "ray"):
+        code, _, err = run(capsys, REPO / "data_recipes/clip_score.yaml", f"input={shards}",
+                           f"output={tmp_path / engine}", f"steps.clip_score.model={tiny_run}",
+                           "steps.clip_score.batch_size=8", "workers=2", "--engine", engine)
+        assert code == 0, err
+        runs[engine] = snapshot(tmp_path / engine)
+        assert yaml.safe_load(runs[engine].pop("recipe.yaml"))["engine"] == engine
+    assert runs["ray"] == runs["local"]
+    scored = [r for r in decisions(tmp_path / "ray") if "clip_score" in r["scores"]]
+    assert len(scored) == 37 and sum(r["kept"] for r in scored) == 11  # the 37 readable samples, the best 30%
 
 
 @pytest.mark.slow
