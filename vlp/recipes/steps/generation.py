@@ -14,6 +14,7 @@ from vlp.recipes.sample import Sample
 
 @dataclass
 class GenerationOptions:
+    model: str | None = None  # a local HF model directory (each step says which kind)
     max_new_tokens: int = 30
     num_beams: int = 1
     do_sample: bool = False
