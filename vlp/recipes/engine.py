@@ -18,8 +18,9 @@ from typing import Callable, Iterable, Iterator
 
 from vlp.recipes.recipe import RecipeConfig
 from vlp.recipes.sample import Sample
-from vlp.recipes.shard_job import StageRun, apply_segment, prepare_threads, process_shard
+from vlp.recipes.shard_job import StageRun, apply_segment, process_shard
 from vlp.recipes.stages import CHUNK_SAMPLES, Stage
+from vlp.recipes.steps import core_threads
 from vlp.recipes.steps.similarity import cores
 from vlp.utils import Registry
 
@@ -80,7 +81,7 @@ class LocalEngine:
         """Apply a segment to each chunk, in order, with up to three chunks (and at least two tasks per worker) in
         flight, so that the workers are busy while the consumer runs a model on the chunk before."""
         if self.pool is None:
-            yield from (apply_segment(_stages[stage], _stages[stage].segments[segment], chunk, prepare_threads().map)
+            yield from (apply_segment(_stages[stage], _stages[stage].segments[segment], chunk, core_threads().map)
                         for chunk in chunks)
             return
         pending: deque = deque()  # (chunk, its tasks)

@@ -23,8 +23,9 @@ from vlp.errors import ConfigError, DataError
 from vlp.recipes.engine import ENGINES
 from vlp.recipes.layout import Layout
 from vlp.recipes.recipe import RecipeConfig
-from vlp.recipes.shard_job import MapSamples, StageRun, apply_segment, prepare_threads, process_shard
+from vlp.recipes.shard_job import MapSamples, StageRun, apply_segment, process_shard
 from vlp.recipes.stages import Stage
+from vlp.recipes.steps import core_threads
 
 logger = logging.getLogger(__name__)
 ONE_LINE_ERRORS = (ConfigError, DataError, FileNotFoundError)  # a step's bad input: vlp.cli reports these in one line
@@ -62,7 +63,7 @@ class StageJob:
 def in_process(stage: Stage) -> MapSamples:
     """Sample steps in the worker's own process, ``prepare`` on its threads, as the local engine runs them with
     ``workers: 0``: the cluster's parallelism is across shards."""
-    segments, threads = stage.segments, prepare_threads()
+    segments, threads = stage.segments, core_threads()
     return lambda _stage, segment, chunks: (apply_segment(stage, segments[segment], chunk, threads.map)
                                             for chunk in chunks)
 

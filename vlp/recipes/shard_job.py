@@ -7,7 +7,6 @@ import functools
 import itertools
 import json
 import pickle
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator
 
@@ -19,7 +18,6 @@ from vlp.recipes.sample import Sample, Verdict, drop
 from vlp.recipes.shards import ShardWriter, read_samples
 from vlp.recipes.stages import Segment, Stage
 from vlp.recipes.steps import BatchStep, Step
-from vlp.recipes.steps.similarity import cores
 from vlp.utils import atomic_write_bytes, atomic_write_text
 
 # (stage index, segment index, chunks) -> the chunks with the segment's sample steps applied, in order
@@ -52,15 +50,9 @@ def apply_sample_steps(steps: list[Step], samples: list[Sample], keep_decoded: b
     return samples
 
 
-@functools.cache
-def prepare_threads() -> ThreadPoolExecutor:
-    """Threads for ``prepare`` where there are no worker processes: PIL's decoders and resizes release the GIL."""
-    return ThreadPoolExecutor(cores(), thread_name_prefix="recipe-prepare")
-
-
 def prepare_inputs(step: Step, samples: list[Sample], map_each: Callable = map) -> None:
-    """``step.prepare`` on the live samples (through ``map_each``: a thread pool's ``map`` where there are no
-    worker processes), into ``sample.inputs[step.name]``; a BadSample drops the sample under the step."""
+    """``step.prepare`` on the live samples (through ``map_each``: ``core_threads().map`` where there are no worker
+    processes), into ``sample.inputs[step.name]``; a BadSample drops the sample under the step."""
     def prepared(sample: Sample):
         try:
             return step.prepare(sample)

@@ -43,6 +43,8 @@ Adding a step: one module here defining the class with ``@STEPS.register("name")
 """
 from __future__ import annotations
 
+import functools
+from concurrent.futures import ThreadPoolExecutor
 from typing import ClassVar
 
 from vlp.errors import ConfigError
@@ -112,6 +114,15 @@ class GlobalStep(Step):
 
     def summary(self, ids: list[tuple[int, str]], signatures, verdicts: list[Verdict]) -> dict | None:
         return None
+
+
+@functools.cache
+def core_threads() -> ThreadPoolExecutor:
+    """One thread per core, shared: ``prepare`` where the engine has no worker processes, and the model steps'
+    own decoding (PIL's decoders and resizes release the GIL)."""
+    from vlp.recipes.steps.similarity import cores
+
+    return ThreadPoolExecutor(cores(), thread_name_prefix="recipe")
 
 
 def bounds(low, high) -> list[float]:

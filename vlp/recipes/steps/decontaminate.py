@@ -14,7 +14,7 @@ import numpy as np
 
 from vlp.errors import ConfigError
 from vlp.recipes.sample import Verdict, drop, keep
-from vlp.recipes.steps import STEPS
+from vlp.recipes.steps import STEPS, core_threads
 from vlp.recipes.steps.embedding import Encoder, ImageEmbeddingStep, ModelOptions
 from vlp.recipes.steps.embedding_dedup import check_search_options
 from vlp.recipes.steps.similarity import default_buckets, similar_pairs
@@ -59,7 +59,7 @@ def embed_eval_data(encoder: Encoder, spec: str, batch_size: int) -> tuple[np.nd
 
     images, parts = data.test.images, []
     for start in range(0, len(images), batch_size):
-        batch = encoder.decoders.map(readable, images[start:start + batch_size])
+        batch = core_threads().map(readable, images[start:start + batch_size])
         decoded = [image for image in batch if image is not None]
         if decoded:
             parts.append(encoder.pil_images(decoded))

@@ -15,7 +15,6 @@ the next chunk.
 """
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -24,8 +23,7 @@ import numpy as np
 
 from vlp.errors import ConfigError
 from vlp.recipes.sample import Sample
-from vlp.recipes.steps import GlobalStep
-from vlp.recipes.steps.similarity import cores
+from vlp.recipes.steps import GlobalStep, core_threads
 
 LOCAL_DIR = "local-dir:"  # open_clip's own prefix for a model directory
 OPEN_CLIP_CONFIG = "open_clip_config.json"
@@ -165,7 +163,6 @@ class Encoder:
 
     def __post_init__(self):
         self.split = SplitPreprocess(self.preprocess)
-        self.decoders = ThreadPoolExecutor(cores(), thread_name_prefix="recipe-decode")
 
     def prepare(self, sample: Sample) -> np.ndarray:
         """What a worker makes of a sample for ``images``: its image decoded and through ``split.per_image``."""
@@ -176,13 +173,13 @@ class Encoder:
         prepared them, else prepared here on a thread per core."""
         arrays = [sample.inputs.get(prepared) if prepared else None for sample in samples]
         missing = [index for index, array in enumerate(arrays) if array is None]
-        for index, array in zip(missing, self.decoders.map(self.prepare, [samples[i] for i in missing])):
+        for index, array in zip(missing, core_threads().map(self.prepare, [samples[i] for i in missing])):
             arrays[index] = array
         return self.run(self.encode_image, self.split.batched(arrays))
 
     def pil_images(self, images: list) -> np.ndarray:
         """[N, D] float32 embeddings of PIL images."""
-        return self.run(self.encode_image, self.split.batched(list(self.decoders.map(self.split.per_image, images))))
+        return self.run(self.encode_image, self.split.batched(list(core_threads().map(self.split.per_image, images))))
 
     def texts(self, texts: list[str]) -> np.ndarray:
         """[N, D] float32 embeddings of captions."""

@@ -77,10 +77,13 @@ class Recaption(BatchStep):
         self.source = f"hf:{config.model}"
         self.captioner: Captioner | None = None  # loaded on first use
 
-    def apply_batch(self, samples: list[Sample]) -> list[Verdict]:
+    def load(self) -> None:
         if self.captioner is None:
             with loading(self.name):
                 self.captioner = Captioner(self.model_path, self.config.prompt, device_for(self.config.device))
+
+    def apply_batch(self, samples: list[Sample]) -> list[Verdict]:
+        self.load()
         count = self.config.num_captions
         with seeded(self.config.seed, samples):
             texts = self.captioner([sample.image for sample in samples], generation_kwargs(self.config, count))

@@ -93,10 +93,13 @@ class RewriteLlm(BatchStep):
         self.source = f"hf:{config.model}"
         self.rewriter: Rewriter | None = None  # loaded on first use
 
-    def apply_batch(self, samples: list[Sample]) -> list[Verdict]:
+    def load(self) -> None:
         if self.rewriter is None:
             with loading(self.name):
                 self.rewriter = Rewriter(self.model_path, device_for(self.config.device))
+
+    def apply_batch(self, samples: list[Sample]) -> list[Verdict]:
+        self.load()
         prompts = [self.config.prompt.format(caption=sample.caption) for sample in samples]
         lengths = self.rewriter.prompt_tokens(prompts)
         room = None if self.rewriter.context is None else self.rewriter.context - self.config.max_new_tokens
